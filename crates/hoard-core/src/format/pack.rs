@@ -1,0 +1,354 @@
+//! Packs: many encrypted blobs in one object, followed by the pack's own encrypted list of
+//! them, so the index can always be rebuilt from the packs alone.
+//!
+//! ```text
+//! blob … blob | padding | header ciphertext | tag[16] | header_len u32 LE
+//! blob     = AES-256-GCM(pack key, nonce = entry.nonce, aad = "hoard blob" type id) + tag
+//! header   = AES-256-GCM(pack key, nonce = 0xFFFFFFFF, aad = "hoard pack header" pack_id)
+//!            of: version u8 = 1 | varint count | entry… | zero bytes up to a 4 KiB multiple
+//! entry    = type u8 | id[32] | varint offset | varint length | varint raw_len | flags u8
+//!            (bit 0 = zstd) | varint nonce
+//! ```
+//! The pack key is derived from the pack's random 256-bit name, so nonces (a counter within the
+//! pack) never repeat under one key. Blobs are written in a shuffled order, and the whole pack is
+//! padded (Padmé) so its size says little about the sizes of what is inside.
+
+use super::{BlobType, MAX_BLOB};
+use crate::codec::{Reader, Writer};
+use crate::compress;
+use crate::crypto::{Cipher, TAG_LEN};
+use crate::error::{malformed, Error, Result};
+use crate::id::{random_u64, Id};
+use crate::keys::Keys;
+use crate::padding::padme;
+
+const VERSION: u8 = 1;
+const HEADER_NONCE: u32 = u32::MAX;
+const HEADER_ALIGN: usize = 4096;
+/// Bytes of the trailer that gives the header's length.
+pub const TRAILER_LEN: usize = 4;
+/// Largest header any pack may have (about 80,000 entries).
+pub const MAX_HEADER: usize = 8 << 20;
+/// Smallest encoded entry: type, id, four one-byte varints (offset, length, raw_len, nonce)
+/// and flags.
+const MIN_ENTRY: usize = 1 + 32 + 4 + 1;
+
+/// Where one blob sits in a pack and how to open it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    pub blob_type: BlobType,
+    pub id: Id,
+    pub offset: u64,
+    /// Stored length: ciphertext plus tag.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_len: u32,
+    pub compressed: bool,
+    pub nonce: u32,
+}
+
+pub(crate) fn encode_entry(w: &mut Writer, e: &PackEntry) {
+    w.u8(e.blob_type as u8)
+        .id(&e.id)
+        .varint(e.offset)
+        .varint(e.length.into())
+        .varint(e.raw_len.into())
+        .u8(e.compressed as u8)
+        .varint(e.nonce.into());
+}
+
+pub(crate) fn decode_entry(r: &mut Reader) -> Result<PackEntry> {
+    let blob_type = BlobType::from_u8(r.u8()?)?;
+    let id = r.id()?;
+    let offset = r.varint()?;
+    let length = r.u32_varint()?;
+    let raw_len = r.u32_varint()?;
+    let flags = r.u8()?;
+    if flags > 1 {
+        return Err(malformed("pack entry", format!("unknown flags {flags:#x}")));
+    }
+    let nonce = r.u32_varint()?;
+    if length as usize > MAX_BLOB + TAG_LEN || raw_len as usize > MAX_BLOB || (length as usize) < TAG_LEN {
+        return Err(malformed("pack entry", format!("blob length {length}/{raw_len} out of range")));
+    }
+    Ok(PackEntry { blob_type, id, offset, length, raw_len, compressed: flags & 1 == 1, nonce })
+}
+
+pub(crate) fn min_entry_len() -> usize {
+    MIN_ENTRY
+}
+
+fn blob_aad(t: BlobType, id: &Id) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.raw(b"hoard blob").u8(t as u8).id(id);
+    w.finish()
+}
+
+fn header_aad(pack: &Id) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.raw(b"hoard pack header").id(pack);
+    w.finish()
+}
+
+/// A blob compressed and encrypted for one pack, not yet placed.
+pub struct SealedBlob {
+    pub blob_type: BlobType,
+    pub id: Id,
+    pub raw_len: u32,
+    pub compressed: bool,
+    pub nonce: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// Assembles one pack in memory. Not thread-safe by design: the pipeline gives each worker
+/// its own builder, so blobs are sealed without a lock.
+pub struct PackBuilder {
+    id: Id,
+    cipher: Cipher,
+    next_nonce: u32,
+    blobs: Vec<SealedBlob>,
+    size: usize,
+}
+
+/// A finished pack: its pieces in file order (write them back to back) and its entries.
+pub struct FinishedPack {
+    pub id: Id,
+    pub pieces: Vec<Vec<u8>>,
+    pub entries: Vec<PackEntry>,
+    pub len: u64,
+}
+
+impl PackBuilder {
+    pub fn new(keys: &Keys) -> PackBuilder {
+        let id = Id::random();
+        PackBuilder { id, cipher: keys.pack_cipher(&id), next_nonce: 0, blobs: Vec::new(), size: 0 }
+    }
+
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    /// Bytes of sealed blobs so far.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Compresses (at `level`, unless that does not shrink it) and encrypts one blob.
+    pub fn add(&mut self, blob_type: BlobType, id: Id, plaintext: &[u8], level: i32) -> &SealedBlob {
+        assert!(plaintext.len() <= MAX_BLOB, "blob of {} bytes exceeds the format's limit", plaintext.len());
+        let (mut bytes, compressed) = match compress::compress(plaintext, level) {
+            Some(c) => (c, true),
+            None => {
+                let mut v = Vec::with_capacity(plaintext.len() + TAG_LEN);
+                v.extend_from_slice(plaintext);
+                (v, false)
+            }
+        };
+        let nonce = self.next_nonce;
+        self.next_nonce += 1;
+        self.cipher.seal(nonce, &blob_aad(blob_type, &id), &mut bytes);
+        self.size += bytes.len();
+        self.blobs.push(SealedBlob { blob_type, id, raw_len: plaintext.len() as u32, compressed, nonce, bytes });
+        self.blobs.last().unwrap()
+    }
+
+    /// Shuffles the blobs, appends padding, the sealed header and the trailer.
+    pub fn finish(mut self) -> FinishedPack {
+        // Fisher-Yates with the OS CSPRNG: the order must not reveal the order of the input.
+        for i in (1..self.blobs.len()).rev() {
+            let j = (random_u64() % (i as u64 + 1)) as usize;
+            self.blobs.swap(i, j);
+        }
+        let mut entries = Vec::with_capacity(self.blobs.len());
+        let mut offset = 0u64;
+        let mut pieces = Vec::with_capacity(self.blobs.len() + 2);
+        for b in self.blobs {
+            entries.push(PackEntry {
+                blob_type: b.blob_type,
+                id: b.id,
+                offset,
+                length: b.bytes.len() as u32,
+                raw_len: b.raw_len,
+                compressed: b.compressed,
+                nonce: b.nonce,
+            });
+            offset += b.bytes.len() as u64;
+            pieces.push(b.bytes);
+        }
+        let mut h = Writer::new();
+        h.u8(VERSION).varint(entries.len() as u64);
+        for e in &entries {
+            encode_entry(&mut h, e);
+        }
+        let mut header = h.finish();
+        header.resize(header.len().div_ceil(HEADER_ALIGN) * HEADER_ALIGN, 0);
+        self.cipher.seal(HEADER_NONCE, &header_aad(&self.id), &mut header);
+        let header_len = header.len() as u32;
+        let unpadded = offset + header.len() as u64 + TRAILER_LEN as u64;
+        let pad = (padme(unpadded) - unpadded) as usize;
+        if pad > 0 {
+            let mut p = vec![0u8; pad];
+            // Unpredictable, so nobody can tell where the padding starts and recover the
+            // unpadded length.
+            let mut seed = [0u8; 32];
+            crate::id::fill_random(&mut seed);
+            blake3::Hasher::new_keyed(&seed).finalize_xof().fill(&mut p);
+            pieces.push(p);
+        }
+        header.extend_from_slice(&header_len.to_le_bytes());
+        pieces.push(header);
+        FinishedPack { id: self.id, pieces, entries, len: padme(unpadded) }
+    }
+}
+
+/// How many bytes from the end of a pack to read to be likely to get the whole header at once.
+pub const TAIL_GUESS: usize = 64 << 10;
+
+/// Given the last bytes of a pack (at least the trailer), the total length of the tail needed
+/// to decode its header: header ciphertext plus trailer.
+pub fn header_span(tail: &[u8], pack_len: u64) -> Result<usize> {
+    if tail.len() < TRAILER_LEN {
+        return Err(malformed("pack", "shorter than its trailer"));
+    }
+    let n = u32::from_le_bytes(tail[tail.len() - 4..].try_into().unwrap()) as usize;
+    if n > MAX_HEADER || (n + TRAILER_LEN) as u64 > pack_len || n < TAG_LEN {
+        return Err(malformed("pack", format!("header length {n} out of range for a pack of {pack_len} bytes")));
+    }
+    Ok(n + TRAILER_LEN)
+}
+
+/// Authenticates and decodes a pack's header from its tail (which must hold at least
+/// [`header_span`] bytes). Checks every entry lies before the header.
+pub fn decode_header(keys: &Keys, pack: &Id, tail: &[u8], pack_len: u64) -> Result<Vec<PackEntry>> {
+    let span = header_span(tail, pack_len)?;
+    if tail.len() < span {
+        return Err(malformed("pack", "tail shorter than header"));
+    }
+    let mut buf = tail[tail.len() - span..tail.len() - TRAILER_LEN].to_vec();
+    keys.pack_cipher(pack).open(HEADER_NONCE, &header_aad(pack), &mut buf, "pack header")?;
+    let mut r = Reader::new(&buf, "pack header");
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(Error::UnsupportedVersion {
+            what: "pack header",
+            found: version.into(),
+            supported: VERSION.into(),
+        });
+    }
+    let count = r.count(MIN_ENTRY)?;
+    let blobs_end = pack_len - span as u64;
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let e = decode_entry(&mut r)?;
+        if e.offset.checked_add(e.length as u64).is_none_or(|end| end > blobs_end) {
+            return Err(malformed("pack header", format!("blob {} lies outside the pack", e.id.short())));
+        }
+        entries.push(e);
+    }
+    if r.rest().iter().any(|&b| b != 0) {
+        return Err(malformed("pack header", "non-zero bytes after the entries"));
+    }
+    Ok(entries)
+}
+
+/// Authenticates, decrypts and decompresses one blob, then checks it hashes to its id: a blob
+/// that comes back from here is exactly what was stored.
+pub fn open_blob(keys: &Keys, pack: &Id, e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
+    if stored.len() != e.length as usize {
+        return Err(malformed("blob", format!("{} bytes, expected {}", stored.len(), e.length)));
+    }
+    let mut buf = stored.to_vec();
+    keys.pack_cipher(pack).open(e.nonce, &blob_aad(e.blob_type, &e.id), &mut buf, "blob")?;
+    open_decrypted(keys, e, buf)
+}
+
+/// As [`open_blob`] with a pack cipher the caller already derived (restores open many blobs of
+/// one pack).
+pub fn open_blob_with(cipher: &Cipher, keys: &Keys, e: &PackEntry, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+    if buf.len() != e.length as usize {
+        return Err(malformed("blob", format!("{} bytes, expected {}", buf.len(), e.length)));
+    }
+    cipher.open(e.nonce, &blob_aad(e.blob_type, &e.id), &mut buf, "blob")?;
+    open_decrypted(keys, e, buf)
+}
+
+fn open_decrypted(keys: &Keys, e: &PackEntry, buf: Vec<u8>) -> Result<Vec<u8>> {
+    let plain = if e.compressed {
+        compress::decompress(&buf, e.raw_len as usize)?
+    } else {
+        if buf.len() != e.raw_len as usize {
+            return Err(malformed("blob", "stored length differs from plaintext length"));
+        }
+        buf
+    };
+    if keys.blob_id(&plain) != e.id {
+        return Err(Error::IdMismatch { what: "blob", expected: e.id.to_hex() });
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::MasterKey;
+
+    #[test]
+    fn build_and_read_back() {
+        let k = MasterKey::generate().keys();
+        let mut b = PackBuilder::new(&k);
+        let blobs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + i as usize * 37]).collect();
+        for x in &blobs {
+            b.add(BlobType::Data, k.blob_id(x), x, 3);
+        }
+        let id = b.id();
+        let p = b.finish();
+        let bytes: Vec<u8> = p.pieces.concat();
+        assert_eq!(bytes.len() as u64, p.len);
+        let entries = decode_header(&k, &id, &bytes, p.len).unwrap();
+        assert_eq!(entries, p.entries);
+        for e in &entries {
+            let got = open_blob(&k, &id, e, &bytes[e.offset as usize..][..e.length as usize]).unwrap();
+            assert_eq!(k.blob_id(&got), e.id);
+        }
+        // The header does not open under another pack's name.
+        assert!(decode_header(&k, &Id::random(), &bytes, p.len).is_err());
+        // A flipped byte in a blob is caught.
+        let e = entries[0];
+        let mut bad = bytes[e.offset as usize..][..e.length as usize].to_vec();
+        bad[3] ^= 0x40;
+        assert!(open_blob(&k, &id, &e, &bad).is_err());
+    }
+
+    #[test]
+    fn smallest_entries_decode_in_an_index_segment() {
+        // Regression: MIN_ENTRY counted one varint too many (39 bytes, not 38), so an index
+        // segment whose last pack held only tiny blobs at small offsets was rejected as
+        // malformed ("length 2 exceeds 1") although hoard itself had written it.
+        use crate::format::index::{IndexPack, IndexSegment};
+        let e = |offset: u64, length: u32| PackEntry {
+            blob_type: BlobType::Data,
+            id: Id([7; 32]),
+            offset,
+            length,
+            raw_len: length - TAG_LEN as u32,
+            compressed: false,
+            nonce: offset as u32,
+        };
+        let seg = IndexSegment {
+            packs: vec![IndexPack { id: Id([1; 32]), len: 4200, entries: vec![e(0, 40), e(40, 40)] }],
+            superseded: vec![],
+        };
+        assert_eq!(IndexSegment::decode(&seg.encode()).unwrap(), seg);
+        let mut w = Writer::new();
+        encode_entry(&mut w, &e(0, 40));
+        assert_eq!(w.finish().len(), MIN_ENTRY, "MIN_ENTRY is the smallest encoded entry");
+    }
+}

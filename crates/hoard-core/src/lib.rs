@@ -1,0 +1,25 @@
+//! hoard's pure core: ids, keys, chunking, compression, encryption and every encoding of
+//! repository bytes.
+//!
+//! **Architecture Invariant:** this crate does no I/O (no files, no network, no clock) and
+//! never sees tokio. Everything that touches storage lives in crates that depend on this one.
+//! The only syscall it makes is `getrandom`, for salts and fresh keys.
+
+pub mod chunker;
+pub mod codec;
+pub mod compress;
+pub mod crypto;
+pub mod error;
+pub mod format;
+pub mod id;
+pub mod keys;
+pub mod padding;
+
+pub use chunker::{Chunker, ChunkerParams};
+pub use error::{Error, Result};
+pub use id::Id;
+pub use keys::{KdfParams, Keys, MasterKey};
+
+/// The repository format version this build writes. Bump it (and add a golden vector set)
+/// whenever any encoding in [`mod@format`] changes.
+pub const FORMAT_VERSION: u32 = 1;
