@@ -1,0 +1,130 @@
+//! Where repository objects live. [`Storage`] is the whole contract between hoard and a place
+//! that keeps bytes: a local directory ([`LocalStorage`]), memory ([`MemoryStorage`], for tests),
+//! and object storage in its own backend.
+//!
+//! **API Boundary:** everything above this crate sees only named, immutable objects; nothing
+//! here knows what the bytes mean.
+
+mod error;
+mod local;
+mod memory;
+
+use bytes::Bytes;
+pub use error::{ErrorKind, StorageError};
+pub use hoard_core::format::ObjectKind;
+pub use local::LocalStorage;
+pub use memory::MemoryStorage;
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// One object as a listing shows it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+/// The name under which the one config object is stored.
+pub const CONFIG_NAME: &str = "config";
+
+/// A place that keeps repository objects.
+///
+/// The contract every backend keeps, and that the repository relies on:
+/// - **Objects are immutable.** [`Storage::create`] never overwrites: if the name exists it
+///   fails with [`ErrorKind::AlreadyExists`] and leaves the existing object untouched.
+/// - **Create is atomic and durable.** When `create` returns `Ok`, the whole object is readable
+///   by every later call, from this process or another, and survives a crash of this machine.
+///   A failed or interrupted `create` leaves no object under that name (partial temporary
+///   data may remain where [`Storage::list`] does not show it).
+/// - **Reads are exact.** `read_range` returns exactly the bytes asked for or an error, never
+///   fewer. Storage does not judge content: the repository authenticates every byte it reads.
+/// - **Listings may lag** for object stores (eventual consistency) but never show an object
+///   that `create` has not finished.
+/// - **Delete** of an absent object is [`ErrorKind::NotFound`]; callers that do not care
+///   ignore it.
+/// - Errors say whether retrying can help ([`StorageError::is_temporary`]); backends retry
+///   temporary failures themselves before giving up.
+pub trait Storage: Send + Sync {
+    /// Where this is, for messages ("/srv/backup", "s3:https://host/bucket/prefix").
+    fn location(&self) -> String;
+
+    /// Writes a new object from `pieces`, concatenated. See the trait's contract.
+    fn create(&self, kind: ObjectKind, name: &str, pieces: &[Bytes]) -> Result<()>;
+
+    /// Reads a whole object.
+    fn read(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>>;
+
+    /// Reads `len` bytes at `offset`.
+    fn read_range(&self, kind: ObjectKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+
+    /// The size of an object.
+    fn size(&self, kind: ObjectKind, name: &str) -> Result<u64>;
+
+    /// All objects of a kind, in no particular order.
+    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>>;
+
+    /// Deletes an object.
+    fn delete(&self, kind: ObjectKind, name: &str) -> Result<()>;
+}
+
+impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
+    fn location(&self) -> String {
+        (**self).location()
+    }
+    fn create(&self, kind: ObjectKind, name: &str, pieces: &[Bytes]) -> Result<()> {
+        (**self).create(kind, name, pieces)
+    }
+    fn read(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
+        (**self).read(kind, name)
+    }
+    fn read_range(&self, kind: ObjectKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        (**self).read_range(kind, name, offset, len)
+    }
+    fn size(&self, kind: ObjectKind, name: &str) -> Result<u64> {
+        (**self).size(kind, name)
+    }
+    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>> {
+        (**self).list(kind)
+    }
+    fn delete(&self, kind: ObjectKind, name: &str) -> Result<()> {
+        (**self).delete(kind, name)
+    }
+}
+
+/// Reads the last `len` bytes of an object of known size (pack headers live there).
+pub fn read_tail(s: &dyn Storage, kind: ObjectKind, name: &str, size: u64, len: u64) -> Result<Vec<u8>> {
+    let len = len.min(size);
+    s.read_range(kind, name, size - len, len)
+}
+
+#[cfg(test)]
+pub(crate) mod contract {
+    //! The contract tests every backend must pass.
+    use super::*;
+
+    pub fn run(s: &dyn Storage) {
+        let data = [Bytes::from_static(b"hello "), Bytes::from_static(b"world")];
+        s.create(ObjectKind::Snapshot, "aa11", &data).unwrap();
+        assert_eq!(s.read(ObjectKind::Snapshot, "aa11").unwrap(), b"hello world");
+        assert_eq!(s.read_range(ObjectKind::Snapshot, "aa11", 6, 5).unwrap(), b"world");
+        assert_eq!(s.size(ObjectKind::Snapshot, "aa11").unwrap(), 11);
+        assert!(s.read_range(ObjectKind::Snapshot, "aa11", 6, 50).is_err());
+        // Create never overwrites.
+        let e = s.create(ObjectKind::Snapshot, "aa11", &[Bytes::from_static(b"other")]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+        assert_eq!(s.read(ObjectKind::Snapshot, "aa11").unwrap(), b"hello world");
+        // Kinds are separate namespaces.
+        assert_eq!(s.read(ObjectKind::Index, "aa11").unwrap_err().kind(), ErrorKind::NotFound);
+        s.create(ObjectKind::Pack, "bb22", &[Bytes::from_static(b"pack")]).unwrap();
+        s.create(ObjectKind::Pack, "cc33", &[Bytes::from_static(b"pack2")]).unwrap();
+        let mut l = s.list(ObjectKind::Pack).unwrap();
+        l.sort();
+        assert_eq!(l, vec![ObjectInfo { name: "bb22".into(), size: 4 }, ObjectInfo { name: "cc33".into(), size: 5 }]);
+        s.delete(ObjectKind::Pack, "bb22").unwrap();
+        assert_eq!(s.delete(ObjectKind::Pack, "bb22").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(s.list(ObjectKind::Pack).unwrap().len(), 1);
+        s.create(ObjectKind::Config, CONFIG_NAME, &[Bytes::from_static(b"cfg")]).unwrap();
+        assert_eq!(s.read(ObjectKind::Config, CONFIG_NAME).unwrap(), b"cfg");
+        assert_eq!(read_tail(s, ObjectKind::Snapshot, "aa11", 11, 3).unwrap(), b"rld");
+    }
+}

@@ -1,0 +1,238 @@
+//! A repository in a local directory (or anything mounted like one).
+//!
+//! Layout: `config`, `keys/ID`, `data/XX/ID` (packs, fanned out by the first two hex digits),
+//! `index/ID`, `snapshots/ID`, `locks/ID`.
+//!
+//! Writes follow the classic durable-create sequence: write a temporary file in the target
+//! directory, fsync it, hard-link it to its final name (which fails if the name exists, giving
+//! create-only semantics with no window where a partial object is visible), unlink the
+//! temporary, fsync the directory. Assumptions about the media, as redb states them: fsync on a
+//! file makes its data durable; fsync on a directory makes the names in it durable.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use hoard_core::id::random_u64;
+
+use crate::{ErrorKind, ObjectInfo, ObjectKind, Result, Storage, StorageError, CONFIG_NAME};
+
+/// A repository directory.
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+fn dir_name(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Config => "",
+        ObjectKind::Key => "keys",
+        ObjectKind::Pack => "data",
+        ObjectKind::Index => "index",
+        ObjectKind::Snapshot => "snapshots",
+        ObjectKind::Lock => "locks",
+    }
+}
+
+fn valid_name(kind: ObjectKind, name: &str) -> bool {
+    match kind {
+        ObjectKind::Config => name == CONFIG_NAME,
+        _ => {
+            name.len() >= 4
+                && name.len() <= 128
+                && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl LocalStorage {
+    /// Opens an existing directory (no check that a repository is in it).
+    pub fn open(root: impl Into<PathBuf>) -> LocalStorage {
+        LocalStorage { root: root.into() }
+    }
+
+    /// Creates the directory layout for a new repository. The directory may exist but must be
+    /// empty.
+    pub fn create_layout(root: impl Into<PathBuf>) -> Result<LocalStorage> {
+        let root = root.into();
+        let what = || format!("creating repository directory {}", root.display());
+        match fs::read_dir(&root) {
+            Ok(mut it) => {
+                if it.next().is_some() {
+                    return Err(StorageError::new(
+                        ErrorKind::AlreadyExists,
+                        format!("{} exists and is not empty", root.display()),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&root).map_err(|e| StorageError::io(what(), e))?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+                return Err(StorageError::new(
+                    ErrorKind::Other,
+                    format!("{} is a file, not a directory", root.display()),
+                ))
+            }
+            Err(e) => return Err(StorageError::io(what(), e)),
+        }
+        for d in ["keys", "index", "snapshots", "locks", "data"] {
+            fs::create_dir(root.join(d)).map_err(|e| StorageError::io(what(), e))?;
+        }
+        for i in 0..256 {
+            fs::create_dir(root.join("data").join(format!("{i:02x}"))).map_err(|e| StorageError::io(what(), e))?;
+        }
+        for d in ["data", ""] {
+            sync_dir(&root.join(d)).map_err(|e| StorageError::io(what(), e))?;
+        }
+        if let Some(parent) = root.parent() {
+            let _ = sync_dir(parent);
+        }
+        Ok(LocalStorage { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file path of an object.
+    pub fn path(&self, kind: ObjectKind, name: &str) -> Result<PathBuf> {
+        if !valid_name(kind, name) {
+            return Err(StorageError::new(ErrorKind::Other, format!("invalid {} name {name:?}", kind.name())));
+        }
+        Ok(match kind {
+            ObjectKind::Config => self.root.join(CONFIG_NAME),
+            ObjectKind::Pack => self.root.join("data").join(&name[..2]).join(name),
+            _ => self.root.join(dir_name(kind)).join(name),
+        })
+    }
+
+    fn label(&self, kind: ObjectKind, name: &str) -> String {
+        format!("{} {name} in {}", kind.name(), self.root.display())
+    }
+
+    fn write_new(&self, dir: &Path, final_path: &Path, pieces: &[Bytes]) -> io::Result<()> {
+        if !dir.is_dir() {
+            fs::create_dir_all(dir)?;
+            if let Some(p) = dir.parent() {
+                sync_dir(p)?;
+            }
+        }
+        let tmp = dir.join(format!(".tmp-{:016x}", random_u64()));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            for p in pieces {
+                f.write_all(p)?;
+            }
+            f.sync_all()?;
+            drop(f);
+            fs::hard_link(&tmp, final_path)
+        })();
+        let _ = fs::remove_file(&tmp);
+        result?;
+        sync_dir(dir)
+    }
+}
+
+impl Storage for LocalStorage {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn create(&self, kind: ObjectKind, name: &str, pieces: &[Bytes]) -> Result<()> {
+        let path = self.path(kind, name)?;
+        let dir = path.parent().unwrap().to_path_buf();
+        self.write_new(&dir, &path, pieces)
+            .map_err(|e| StorageError::io(format!("writing {}", self.label(kind, name)), e))
+    }
+
+    fn read(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
+        let path = self.path(kind, name)?;
+        fs::read(&path).map_err(|e| StorageError::io(format!("reading {}", self.label(kind, name)), e))
+    }
+
+    fn read_range(&self, kind: ObjectKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let path = self.path(kind, name)?;
+        let what = || format!("reading {} bytes at {offset} of {}", len, self.label(kind, name));
+        let f = File::open(&path).map_err(|e| StorageError::io(what(), e))?;
+        let mut buf = vec![0u8; usize::try_from(len).map_err(|_| StorageError::new(ErrorKind::Other, what()))?];
+        f.read_exact_at(&mut buf, offset).map_err(|e| StorageError::io(what(), e))?;
+        Ok(buf)
+    }
+
+    fn size(&self, kind: ObjectKind, name: &str) -> Result<u64> {
+        let path = self.path(kind, name)?;
+        Ok(fs::metadata(&path).map_err(|e| StorageError::io(format!("reading {}", self.label(kind, name)), e))?.len())
+    }
+
+    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>> {
+        let what = || format!("listing {}s in {}", kind.name(), self.root.display());
+        if kind == ObjectKind::Config {
+            return match fs::metadata(self.root.join(CONFIG_NAME)) {
+                Ok(m) => Ok(vec![ObjectInfo { name: CONFIG_NAME.into(), size: m.len() }]),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(vec![]),
+                Err(e) => Err(StorageError::io(what(), e)),
+            };
+        }
+        let base = self.root.join(dir_name(kind));
+        let mut dirs = vec![base.clone()];
+        if kind == ObjectKind::Pack {
+            dirs.clear();
+            for e in fs::read_dir(&base).map_err(|e| StorageError::io(what(), e))? {
+                let e = e.map_err(|e| StorageError::io(what(), e))?;
+                if e.file_type().map_err(|e| StorageError::io(what(), e))?.is_dir() {
+                    dirs.push(e.path());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for d in dirs {
+            for e in fs::read_dir(&d).map_err(|e| StorageError::io(what(), e))? {
+                let e = e.map_err(|e| StorageError::io(what(), e))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !valid_name(kind, &name) {
+                    continue;
+                }
+                let size = e.metadata().map_err(|e| StorageError::io(what(), e))?.len();
+                out.push(ObjectInfo { name, size });
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, kind: ObjectKind, name: &str) -> Result<()> {
+        let path = self.path(kind, name)?;
+        fs::remove_file(&path).map_err(|e| StorageError::io(format!("deleting {}", self.label(kind, name)), e))?;
+        sync_dir(path.parent().unwrap())
+            .map_err(|e| StorageError::io(format!("deleting {}", self.label(kind, name)), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStorage::create_layout(d.path().join("repo")).unwrap();
+        crate::contract::run(&s);
+        // Temporary files never show in listings and never remain after a create.
+        let names: Vec<_> =
+            fs::read_dir(d.path().join("repo/snapshots")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn refuses_non_empty_or_file() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("f"), b"x").unwrap();
+        assert!(LocalStorage::create_layout(d.path()).is_err());
+        assert!(LocalStorage::create_layout(d.path().join("f")).is_err());
+    }
+}
