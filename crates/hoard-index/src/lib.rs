@@ -1,0 +1,351 @@
+//! The local index cache: a SQLite database that mirrors the repository's index segments (which
+//! blob is in which pack) and keeps its snapshot objects, so routine commands need not read
+//! the whole repository.
+//!
+//! **Architecture Invariant:** the cache is never the source of truth. Everything in it was read
+//! from the repository and can be read again; deleting the file loses nothing. A cache of
+//! another schema version or another repository is thrown away and rebuilt, as bupstash does.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use hoard_core::format::index::{IndexPack, IndexSegment};
+use hoard_core::format::pack::PackEntry;
+use hoard_core::format::BlobType;
+use hoard_core::Id;
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Bump when the tables change: older caches are then rebuilt from the repository.
+pub const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index cache {path}: {source}")]
+    Sqlite { path: String, source: rusqlite::Error },
+    #[error("index cache {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("index cache holds a malformed row: {0}")]
+    Malformed(String),
+}
+
+pub type Result<T, E = IndexError> = std::result::Result<T, E>;
+
+/// Where one blob is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub pack: Id,
+    pub entry: PackEntry,
+}
+
+/// The cache.
+pub struct IndexCache {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE segments (name TEXT PRIMARY KEY);
+CREATE TABLE packs (id BLOB PRIMARY KEY, len INTEGER NOT NULL, segment TEXT NOT NULL);
+CREATE INDEX packs_segment ON packs(segment);
+CREATE TABLE blobs (
+    id BLOB NOT NULL, pack BLOB NOT NULL, type INTEGER NOT NULL, offset INTEGER NOT NULL,
+    length INTEGER NOT NULL, raw_len INTEGER NOT NULL, compressed INTEGER NOT NULL, nonce INTEGER NOT NULL,
+    PRIMARY KEY (id, pack)
+) WITHOUT ROWID;
+CREATE INDEX blobs_pack ON blobs(pack);
+CREATE TABLE snapshots (name TEXT PRIMARY KEY, sealed BLOB NOT NULL);
+";
+
+impl IndexCache {
+    /// Opens the cache at `path` for repository `repo`, creating or rebuilding it when it is
+    /// missing, unreadable, of another schema version, or of another repository.
+    pub fn open(path: &Path, repo: &Id) -> Result<IndexCache> {
+        match IndexCache::try_open(path, repo) {
+            Ok(Some(c)) => return Ok(c),
+            Ok(None) => tracing::info!("index cache {} is stale or foreign; rebuilding", path.display()),
+            Err(e) => tracing::warn!("index cache unusable ({e}); rebuilding"),
+        }
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let p = PathBuf::from(format!("{}{suffix}", path.display()));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(IndexError::Io { path: p.display().to_string(), source: e }),
+            }
+        }
+        let c = IndexCache::connect(path)?;
+        c.conn.execute_batch(SCHEMA).map_err(|e| c.err(e))?;
+        c.conn.execute("INSERT INTO meta VALUES ('repo', ?1)", [repo.as_bytes().as_slice()]).map_err(|e| c.err(e))?;
+        c.conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| c.err(e))?;
+        Ok(c)
+    }
+
+    fn connect(path: &Path) -> Result<IndexCache> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| IndexError::Io { path: dir.display().to_string(), source: e })?;
+        }
+        let conn =
+            Connection::open(path).map_err(|e| IndexError::Sqlite { path: path.display().to_string(), source: e })?;
+        let c = IndexCache { conn, path: path.to_path_buf() };
+        // The cache can always be rebuilt, so it trades durability for speed.
+        c.conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| c.err(e))?;
+        c.conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| c.err(e))?;
+        c.conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(|e| c.err(e))?;
+        Ok(c)
+    }
+
+    fn try_open(path: &Path, repo: &Id) -> Result<Option<IndexCache>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let c = IndexCache::connect(path)?;
+        let v: i64 = c.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| c.err(e))?;
+        if v != SCHEMA_VERSION {
+            return Ok(None);
+        }
+        let stored: Option<Vec<u8>> = c
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'repo'", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| c.err(e))?;
+        Ok((stored.as_deref() == Some(repo.as_bytes().as_slice())).then_some(c))
+    }
+
+    fn err(&self, e: rusqlite::Error) -> IndexError {
+        IndexError::Sqlite { path: self.path.display().to_string(), source: e }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Names of the index segments already ingested.
+    pub fn segments(&self) -> Result<HashSet<String>> {
+        let mut st = self.conn.prepare_cached("SELECT name FROM segments").map_err(|e| self.err(e))?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Ingests one segment's packs and blobs.
+    pub fn add_segment(&mut self, name: &str, seg: &IndexSegment) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| IndexError::Sqlite { path: self.path.display().to_string(), source: e })?;
+        let r = (|| {
+            tx.execute("INSERT OR IGNORE INTO segments VALUES (?1)", [name])?;
+            {
+                let mut pk = tx.prepare_cached("INSERT OR REPLACE INTO packs VALUES (?1, ?2, ?3)")?;
+                let mut bl =
+                    tx.prepare_cached("INSERT OR REPLACE INTO blobs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?;
+                for p in &seg.packs {
+                    pk.execute(params![p.id.as_bytes().as_slice(), p.len as i64, name])?;
+                    for e in &p.entries {
+                        bl.execute(params![
+                            e.id.as_bytes().as_slice(),
+                            p.id.as_bytes().as_slice(),
+                            e.blob_type as u8,
+                            e.offset as i64,
+                            e.length,
+                            e.raw_len,
+                            e.compressed,
+                            e.nonce
+                        ])?;
+                    }
+                }
+            }
+            Ok::<_, rusqlite::Error>(())
+        })();
+        let path = self.path.display().to_string();
+        r.and_then(|()| tx.commit()).map_err(|source| IndexError::Sqlite { path, source })
+    }
+
+    /// Forgets a segment and the packs it brought (it was deleted or superseded).
+    pub fn remove_segment(&mut self, name: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| IndexError::Sqlite { path: self.path.display().to_string(), source: e })?;
+        let r = (|| {
+            tx.execute("DELETE FROM blobs WHERE pack IN (SELECT id FROM packs WHERE segment = ?1)", [name])?;
+            tx.execute("DELETE FROM packs WHERE segment = ?1", [name])?;
+            tx.execute("DELETE FROM segments WHERE name = ?1", [name])?;
+            Ok::<_, rusqlite::Error>(())
+        })();
+        let path = self.path.display().to_string();
+        r.and_then(|()| tx.commit()).map_err(|source| IndexError::Sqlite { path, source })
+    }
+
+    fn row_entry(r: &rusqlite::Row, pack_col: usize) -> rusqlite::Result<(Id, PackEntry)> {
+        let id: Vec<u8> = r.get(0)?;
+        let pack: Vec<u8> = r.get(pack_col)?;
+        let t: u8 = r.get(2)?;
+        let conv = |e: hoard_core::Error| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+        };
+        Ok((
+            Id::from_slice(&pack).map_err(conv)?,
+            PackEntry {
+                blob_type: BlobType::from_u8(t).map_err(conv)?,
+                id: Id::from_slice(&id).map_err(conv)?,
+                offset: r.get::<_, i64>(3)? as u64,
+                length: r.get(4)?,
+                raw_len: r.get(5)?,
+                compressed: r.get(6)?,
+                nonce: r.get(7)?,
+            },
+        ))
+    }
+
+    /// Where a blob is, if the repository has it.
+    pub fn lookup(&self, id: &Id) -> Result<Option<BlobLocation>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, pack, type, offset, length, raw_len, compressed, nonce FROM blobs WHERE id = ?1 LIMIT 1",
+            )
+            .map_err(|e| self.err(e))?;
+        st.query_row([id.as_bytes().as_slice()], |r| IndexCache::row_entry(r, 1))
+            .optional()
+            .map(|o| o.map(|(pack, entry)| BlobLocation { pack, entry }))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every location of a blob (more than one when concurrent backups stored it twice).
+    pub fn locations(&self, id: &Id) -> Result<Vec<BlobLocation>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, pack, type, offset, length, raw_len, compressed, nonce FROM blobs WHERE id = ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows =
+            st.query_map([id.as_bytes().as_slice()], |r| IndexCache::row_entry(r, 1)).map_err(|e| self.err(e))?;
+        rows.map(|r| r.map(|(pack, entry)| BlobLocation { pack, entry }))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn contains(&self, id: &Id) -> Result<bool> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1").map_err(|e| self.err(e))?;
+        st.exists([id.as_bytes().as_slice()]).map_err(|e| self.err(e))
+    }
+
+    /// All packs the index knows, with their lengths.
+    pub fn packs(&self) -> Result<Vec<(Id, u64)>> {
+        let mut st = self.conn.prepare_cached("SELECT id, len FROM packs").map_err(|e| self.err(e))?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, len) = row.map_err(|e| self.err(e))?;
+            out.push((Id::from_slice(&id).map_err(|e| IndexError::Malformed(e.to_string()))?, len as u64));
+        }
+        Ok(out)
+    }
+
+    /// The blobs the index says are in one pack.
+    pub fn pack_entries(&self, pack: &Id) -> Result<Vec<PackEntry>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, pack, type, offset, length, raw_len, compressed, nonce FROM blobs WHERE pack = ?1 ORDER BY offset")
+            .map_err(|e| self.err(e))?;
+        let rows =
+            st.query_map([pack.as_bytes().as_slice()], |r| IndexCache::row_entry(r, 1)).map_err(|e| self.err(e))?;
+        rows.map(|r| r.map(|(_, e)| e)).collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Counts: (distinct blobs, their plaintext bytes, their stored bytes) over unique blob ids.
+    pub fn totals(&self) -> Result<(u64, u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(raw_len),0), COALESCE(SUM(length),0) FROM \
+                 (SELECT raw_len, length FROM blobs GROUP BY id)",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// The cached sealed bytes of a snapshot.
+    pub fn snapshot(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let mut st =
+            self.conn.prepare_cached("SELECT sealed FROM snapshots WHERE name = ?1").map_err(|e| self.err(e))?;
+        st.query_row([name], |r| r.get(0)).optional().map_err(|e| self.err(e))
+    }
+
+    pub fn put_snapshot(&self, name: &str, sealed: &[u8]) -> Result<()> {
+        self.conn
+            .execute("INSERT OR REPLACE INTO snapshots VALUES (?1, ?2)", params![name, sealed])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn remove_snapshot(&self, name: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM snapshots WHERE name = ?1", [name]).map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    pub fn snapshot_names(&self) -> Result<HashSet<String>> {
+        let mut st = self.conn.prepare_cached("SELECT name FROM snapshots").map_err(|e| self.err(e))?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+}
+
+/// Builds an [`IndexPack`] from a pack's header entries.
+pub fn index_pack(id: Id, len: u64, entries: Vec<PackEntry>) -> IndexPack {
+    IndexPack { id, len, entries }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u8, off: u64) -> PackEntry {
+        PackEntry {
+            blob_type: BlobType::Data,
+            id: Id([id; 32]),
+            offset: off,
+            length: 100,
+            raw_len: 90,
+            compressed: true,
+            nonce: id as u32,
+        }
+    }
+
+    #[test]
+    fn ingest_lookup_remove_and_rebuild() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x/index.sqlite");
+        let repo = Id([9; 32]);
+        let mut c = IndexCache::open(&p, &repo).unwrap();
+        let seg = IndexSegment {
+            packs: vec![index_pack(Id([1; 32]), 1000, vec![entry(5, 0), entry(6, 100)])],
+            superseded: vec![],
+        };
+        c.add_segment("s1", &seg).unwrap();
+        assert_eq!(c.lookup(&Id([5; 32])).unwrap().unwrap().entry, entry(5, 0));
+        assert!(c.contains(&Id([6; 32])).unwrap());
+        assert!(!c.contains(&Id([7; 32])).unwrap());
+        assert_eq!(c.pack_entries(&Id([1; 32])).unwrap().len(), 2);
+        assert_eq!(c.totals().unwrap(), (2, 180, 200));
+        c.put_snapshot("ab", b"sealed").unwrap();
+        drop(c);
+        // Reopen keeps it; another repository id rebuilds it empty.
+        let c = IndexCache::open(&p, &repo).unwrap();
+        assert!(c.segments().unwrap().contains("s1"));
+        assert_eq!(c.snapshot("ab").unwrap().unwrap(), b"sealed");
+        drop(c);
+        let mut c = IndexCache::open(&p, &Id([8; 32])).unwrap();
+        assert!(c.segments().unwrap().is_empty());
+        c.add_segment("s1", &seg).unwrap();
+        c.remove_segment("s1").unwrap();
+        assert!(!c.contains(&Id([5; 32])).unwrap());
+        assert!(c.packs().unwrap().is_empty());
+        drop(c);
+        // Garbage in place of the database is replaced.
+        std::fs::write(&p, b"not sqlite at all").unwrap();
+        let c = IndexCache::open(&p, &repo).unwrap();
+        assert!(c.segments().unwrap().is_empty());
+    }
+}
