@@ -1,0 +1,504 @@
+//! Backing up paths of the local filesystem.
+//!
+//! The walk runs on the calling thread in sorted order and builds each directory's tree after
+//! its children; files that must be read go to reader threads as jobs, so reading, chunking
+//! and hashing of many files overlap, and sealing runs on the rayon pool. A file whose size,
+//! mtime, ctime and inode match its entry in the parent snapshot is not read at all.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use hoard_core::format::snapshot::Summary;
+use hoard_core::format::tree::{Content, Node, NodeKind, Tree};
+use hoard_core::{Chunker, Id};
+
+use super::content::{chunk_stream, Flight, FLIGHT_BYTES};
+use super::treebuild::store_tree;
+use super::{commit, BackupOptions, BackupResult};
+use crate::error::{RepoError, Result};
+use crate::meta::{node_from_metadata, read_xattrs, Names};
+use crate::packer::Packer;
+use crate::repo::Repository;
+
+/// The source kind of filesystem snapshots.
+pub const SOURCE_KIND: &str = "path";
+
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+/// Which parts of the tree were named on the command line.
+#[derive(Default, Debug)]
+struct Selection {
+    whole: bool,
+    children: BTreeMap<Vec<u8>, Selection>,
+}
+
+/// Makes a path absolute and removes `.` and `..` lexically (as `restic` does), keeping
+/// symlinks in it as they are.
+pub fn normalize(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| RepoError::io(format!("resolving {}", p.display()), e))?;
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+struct FileRead {
+    content: Content,
+    size: u64,
+    changed: bool,
+}
+
+struct Job {
+    path: PathBuf,
+    before: Metadata,
+    reply: Sender<Result<FileRead>>,
+}
+
+enum Pending {
+    Ready(Node),
+    Reading(Node, Receiver<Result<FileRead>>),
+    /// A subdirectory whose tree id will be in this slot.
+    Sub(Node, usize),
+}
+
+/// A directory whose entries are known but whose files may still be being read.
+struct OpenDir {
+    path: PathBuf,
+    nodes: Vec<Pending>,
+    slot: usize,
+}
+
+/// Directories waiting for their files, oldest first. The walk runs ahead of the readers by
+/// up to this many directories or files, so a tree of small directories keeps every reader busy
+/// instead of waiting at the end of each one. Children always enter before their parent, so
+/// finishing in order finds every subtree id ready.
+const AHEAD_DIRS: usize = 512;
+const AHEAD_FILES: usize = 2048;
+
+#[derive(Default)]
+struct Pipeline {
+    open: std::collections::VecDeque<OpenDir>,
+    reading: usize,
+    slots: Vec<Option<Id>>,
+    free: Vec<usize>,
+}
+
+impl Pipeline {
+    fn slot(&mut self, v: Option<Id>) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = v;
+                i
+            }
+            None => {
+                self.slots.push(v);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn take(&mut self, i: usize) -> Id {
+        let id = self.slots[i].take().expect("a subtree is finished before its parent");
+        self.free.push(i);
+        id
+    }
+}
+
+struct Walker<'a, 'r> {
+    packer: &'a Packer<'r>,
+    opts: &'a BackupOptions,
+    excludes: GlobSet,
+    basename_excludes: GlobSet,
+    names: Names,
+    jobs: Sender<Job>,
+    summary: Mutex<Summary>,
+    warnings: Mutex<Vec<String>>,
+    pipeline: std::cell::RefCell<Pipeline>,
+}
+
+fn build_globs(patterns: &[String]) -> Result<(GlobSet, GlobSet)> {
+    let mut full = GlobSetBuilder::new();
+    let mut base = GlobSetBuilder::new();
+    for p in patterns {
+        let g = globset::GlobBuilder::new(p)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| RepoError::Invalid(format!("exclude pattern {p:?}: {e}")))?;
+        if p.contains('/') {
+            full.add(g);
+            // "dir/**"-style patterns should also exclude the directory itself.
+            if let Some(stripped) = p.strip_suffix("/**") {
+                full.add(Glob::new(stripped).map_err(|e| RepoError::Invalid(format!("exclude pattern {p:?}: {e}")))?);
+            }
+        } else {
+            base.add(g);
+        }
+    }
+    let err = |e: globset::Error| RepoError::Invalid(format!("exclude patterns: {e}"));
+    Ok((full.build().map_err(err)?, base.build().map_err(err)?))
+}
+
+fn is_cachedir(dir: &Path) -> bool {
+    let mut buf = [0u8; CACHEDIR_SIGNATURE.len()];
+    match File::open(dir.join("CACHEDIR.TAG")) {
+        Ok(f) => std::io::Read::read_exact(&mut &f, &mut buf).is_ok() && buf == CACHEDIR_SIGNATURE,
+        Err(_) => false,
+    }
+}
+
+fn find<'t>(tree: Option<&'t Tree>, name: &[u8]) -> Option<&'t Node> {
+    let t = tree?;
+    t.nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok().map(|i| &t.nodes[i])
+}
+
+impl Walker<'_, '_> {
+    fn warn(&self, msg: String) {
+        tracing::warn!("{msg}");
+        self.warnings.lock().unwrap().push(msg);
+    }
+
+    fn error(&self, msg: String) {
+        self.summary.lock().unwrap().errors += 1;
+        self.warn(msg);
+    }
+
+    fn excluded(&self, path: &Path) -> bool {
+        if self.excludes.is_match(path) {
+            return true;
+        }
+        path.file_name().is_some_and(|n| self.basename_excludes.is_match(n))
+    }
+
+    fn parent_subtree(&self, node: Option<&Node>) -> Option<Tree> {
+        let id = node.filter(|n| n.kind() == NodeKind::Dir)?.subtree?;
+        match self.packer.repo().load_tree(&id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("parent tree {} unreadable, reading everything below it: {e}", id.short());
+                None
+            }
+        }
+    }
+
+    /// Archives the entries `names` of directory `dir`; returns the slot where the directory's
+    /// tree id will be once [`Walker::drain`] has finished it.
+    fn dir(
+        &self,
+        dir: &Path,
+        names: Vec<(Vec<u8>, Option<&Selection>)>,
+        parent: Option<&Tree>,
+        root_dev: Option<u64>,
+    ) -> Result<usize> {
+        let mut pending = Vec::with_capacity(names.len());
+        for (name, sel) in names {
+            if self.opts.cancel.load(Relaxed) {
+                return Err(RepoError::Interrupted);
+            }
+            let path = dir.join(std::ffi::OsStr::from_bytes(&name));
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.error(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let mut node = node_from_metadata(&name, &meta, &self.names);
+            match read_xattrs(&path) {
+                Ok(x) => node.xattrs = x,
+                Err(e) => self.warn(format!("{}: extended attributes not read: {e}", path.display())),
+            }
+            let pnode = find(parent, &name);
+            match node.kind() {
+                NodeKind::Dir => {
+                    let root_dev = root_dev.or(Some(meta.dev()));
+                    let psub = self.parent_subtree(pnode);
+                    let slot = match sel {
+                        Some(s) if !s.whole => {
+                            let children = s.children.iter().map(|(n, s)| (n.clone(), Some(s))).collect();
+                            self.dir(&path, children, psub.as_ref(), None)?
+                        }
+                        _ => {
+                            if self.opts.one_file_system && root_dev != Some(meta.dev()) {
+                                self.empty()?
+                            } else if self.opts.exclude_caches && is_cachedir(&path) {
+                                continue;
+                            } else {
+                                match self.list(&path) {
+                                    Ok(children) => self.dir(&path, children, psub.as_ref(), root_dev)?,
+                                    Err(e) => {
+                                        self.error(format!("{}: {e}", path.display()));
+                                        self.empty()?
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    self.summary.lock().unwrap().dirs += 1;
+                    pending.push(Pending::Sub(node, slot));
+                }
+                NodeKind::File => {
+                    self.opts.progress.bytes_seen.fetch_add(node.size, Relaxed);
+                    let unchanged = !self.opts.force
+                        && pnode.is_some_and(|p| {
+                            p.kind() == NodeKind::File
+                                && p.size == node.size
+                                && p.mtime_ns == node.mtime_ns
+                                && p.ctime_ns == node.ctime_ns
+                                && p.inode == node.inode
+                                && (p.size == 0 || p.content != Content::None)
+                        });
+                    if unchanged {
+                        node.content = pnode.unwrap().content.clone();
+                        let mut s = self.summary.lock().unwrap();
+                        s.files_unmodified += 1;
+                        s.bytes_total += node.size;
+                        self.opts.progress.files.fetch_add(1, Relaxed);
+                        pending.push(Pending::Ready(node));
+                    } else {
+                        {
+                            let mut s = self.summary.lock().unwrap();
+                            if pnode.is_some() {
+                                s.files_changed += 1;
+                            } else {
+                                s.files_new += 1;
+                            }
+                        }
+                        let (tx, rx) = bounded(1);
+                        self.jobs
+                            .send(Job { path, before: meta, reply: tx })
+                            .map_err(|_| RepoError::Invalid("reader threads stopped".into()))?;
+                        pending.push(Pending::Reading(node, rx));
+                    }
+                }
+                NodeKind::Symlink => {
+                    match fs::read_link(&path) {
+                        Ok(t) => node.link_target = t.into_os_string().into_vec(),
+                        Err(e) => {
+                            self.error(format!("{}: {e}", path.display()));
+                            continue;
+                        }
+                    }
+                    self.summary.lock().unwrap().other_entries += 1;
+                    pending.push(Pending::Ready(node));
+                }
+                _ => {
+                    self.summary.lock().unwrap().other_entries += 1;
+                    pending.push(Pending::Ready(node));
+                }
+            }
+        }
+        let reading = pending.iter().filter(|p| matches!(p, Pending::Reading(..))).count();
+        let slot = {
+            let mut p = self.pipeline.borrow_mut();
+            let slot = p.slot(None);
+            p.reading += reading;
+            p.open.push_back(OpenDir { path: dir.to_path_buf(), nodes: pending, slot });
+            slot
+        };
+        self.drain(false)?;
+        Ok(slot)
+    }
+
+    /// A slot holding the empty tree.
+    fn empty(&self) -> Result<usize> {
+        let id = store_tree(self.packer, vec![])?;
+        Ok(self.pipeline.borrow_mut().slot(Some(id)))
+    }
+
+    /// Finishes open directories, oldest first: all of them, or until the walk is no more than
+    /// the allowed distance ahead.
+    fn drain(&self, all: bool) -> Result<()> {
+        loop {
+            let next = {
+                let mut p = self.pipeline.borrow_mut();
+                if !all && p.open.len() <= AHEAD_DIRS && p.reading <= AHEAD_FILES {
+                    return Ok(());
+                }
+                match p.open.pop_front() {
+                    Some(d) => d,
+                    None => return Ok(()),
+                }
+            };
+            self.finish(next)?;
+        }
+    }
+
+    fn finish(&self, d: OpenDir) -> Result<()> {
+        let mut nodes = Vec::with_capacity(d.nodes.len());
+        for p in d.nodes {
+            match p {
+                Pending::Ready(n) => nodes.push(n),
+                Pending::Sub(mut n, slot) => {
+                    n.subtree = Some(self.pipeline.borrow_mut().take(slot));
+                    nodes.push(n);
+                }
+                Pending::Reading(mut n, rx) => {
+                    let r = rx.recv().map_err(|_| RepoError::Invalid("reader thread stopped".into()))?;
+                    self.pipeline.borrow_mut().reading -= 1;
+                    match r {
+                        Ok(read) => {
+                            if read.changed {
+                                self.summary.lock().unwrap().changed_during_read += 1;
+                                self.warn(format!(
+                                    "{}: changed while it was read",
+                                    d.path.join(std::ffi::OsStr::from_bytes(&n.name)).display()
+                                ));
+                            }
+                            n.content = read.content;
+                            n.size = read.size;
+                            {
+                                let mut s = self.summary.lock().unwrap();
+                                s.bytes_total += read.size;
+                                s.bytes_read += read.size;
+                            }
+                            self.opts.progress.files.fetch_add(1, Relaxed);
+                            nodes.push(n);
+                        }
+                        Err(RepoError::Io { context, source }) => {
+                            self.error(format!("{context}: {source}"));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        let id = store_tree(self.packer, nodes)?;
+        self.pipeline.borrow_mut().slots[d.slot] = Some(id);
+        Ok(())
+    }
+
+    /// A directory's entries, sorted, minus exclusions.
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<(Vec<u8>, Option<&'static Selection>)>> {
+        let mut names: Vec<OsString> = Vec::new();
+        for e in fs::read_dir(dir)? {
+            names.push(e?.file_name());
+        }
+        names.sort();
+        Ok(names.into_iter().filter(|n| !self.excluded(&dir.join(n))).map(|n| (n.into_vec(), None)).collect())
+    }
+}
+
+fn read_file(job: &Job, chunker: &Chunker, packer: &Packer, flight: &Flight, opts: &BackupOptions) -> Result<FileRead> {
+    let ctx = || job.path.display().to_string();
+    let open = |flags: i32| OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | flags).open(&job.path);
+    // O_NOATIME keeps backups from touching access times; it is refused on files we do not own.
+    let mut f = match open(libc::O_NOATIME) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0).map_err(|e| RepoError::io(ctx(), e))?,
+        Err(e) => return Err(RepoError::io(ctx(), e)),
+    };
+    let progress = &opts.progress;
+    let chunked = chunk_stream(&mut f, chunker, packer, flight, &opts.cancel, &|n| {
+        progress.bytes_read.fetch_add(n, Relaxed);
+    })
+    .map_err(|e| match e {
+        RepoError::Io { source, .. } => RepoError::io(ctx(), source),
+        e => e,
+    })?;
+    let after = f.metadata().map_err(|e| RepoError::io(ctx(), e))?;
+    let b = &job.before;
+    let changed = after.size() != b.size()
+        || after.mtime() != b.mtime()
+        || after.mtime_nsec() != b.mtime_nsec()
+        || after.ctime() != b.ctime()
+        || after.ctime_nsec() != b.ctime_nsec()
+        || chunked.size != b.size();
+    Ok(FileRead { content: chunked.content, size: chunked.size, changed })
+}
+
+/// Backs up `paths` and commits a snapshot.
+pub fn backup_paths(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result<BackupResult> {
+    let started = Instant::now();
+    if paths.is_empty() {
+        return Err(RepoError::Invalid("no paths to back up".into()));
+    }
+    let mut root = Selection::default();
+    let mut shown = Vec::new();
+    for p in paths {
+        let abs = normalize(p)?;
+        fs::symlink_metadata(&abs).map_err(|e| RepoError::io(format!("{}", p.display()), e))?;
+        shown.push(abs.display().to_string());
+        let mut s = &mut root;
+        for c in abs.components().skip(1) {
+            s = s.children.entry(c.as_os_str().as_bytes().to_vec()).or_default();
+        }
+        s.whole = true;
+    }
+    if root.whole {
+        // "/" itself was named.
+        root.children.clear();
+    }
+    shown.sort();
+    shown.dedup();
+    let (excludes, basename_excludes) = build_globs(&opts.excludes)?;
+    let parent =
+        super::parent(repo, opts, &|s| s.source_kind == SOURCE_KIND && s.host == opts.host && s.paths == shown)?;
+    let parent_tree = match parent {
+        Some(p) => {
+            let snap = repo.find_snapshot(&p.to_hex(), &|_| true)?;
+            Some(repo.load_tree(&snap.snapshot.tree)?)
+        }
+        None => None,
+    };
+    let chunker = Chunker::new(repo.config().files_chunker, repo.keys());
+    let flight = Flight::new(FLIGHT_BYTES);
+    let readers = opts.readers.max(1);
+    let ((tree, summary, warnings), stats) = Packer::run(repo, 2, |packer| {
+        let (jobs_tx, jobs_rx) = bounded::<Job>(256);
+        std::thread::scope(|s| {
+            for _ in 0..readers {
+                let rx = jobs_rx.clone();
+                let (chunker, flight) = (&chunker, &flight);
+                s.spawn(move || {
+                    for job in rx {
+                        let r = read_file(&job, chunker, packer, flight, opts);
+                        let _ = job.reply.send(r);
+                    }
+                });
+            }
+            let walker = Walker {
+                packer,
+                opts,
+                excludes,
+                basename_excludes,
+                names: Names::default(),
+                jobs: jobs_tx,
+                summary: Mutex::new(Summary::default()),
+                warnings: Mutex::new(Vec::new()),
+                pipeline: Default::default(),
+            };
+            let r = if root.whole {
+                walker
+                    .list(Path::new("/"))
+                    .map_err(|e| RepoError::io("/", e))
+                    .and_then(|children| walker.dir(Path::new("/"), children, parent_tree.as_ref(), None))
+            } else {
+                let children = root.children.iter().map(|(n, s)| (n.clone(), Some(s))).collect();
+                walker.dir(Path::new("/"), children, parent_tree.as_ref(), None)
+            };
+            let r = r.and_then(|slot| {
+                walker.drain(true)?;
+                Ok(walker.pipeline.borrow_mut().take(slot))
+            });
+            let Walker { summary, warnings, .. } = walker; // closes the job channel
+            r.map(|t| (t, summary.into_inner().unwrap(), warnings.into_inner().unwrap()))
+        })
+    })?;
+    commit(repo, opts, SOURCE_KIND, &shown.join(" "), shown.clone(), parent, tree, summary, stats, started, warnings)
+}

@@ -1,0 +1,112 @@
+//! Backups: file trees from the filesystem or from a tar stream, and single byte streams. Every
+//! kind ends the same way: packs and index segments are durable, then one snapshot object is
+//! written. That object is the commit point.
+
+pub mod content;
+pub mod fs;
+pub mod stream;
+pub mod tar;
+pub mod treebuild;
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hoard_core::format::snapshot::{Snapshot, Summary};
+use hoard_core::Id;
+
+use crate::error::Result;
+use crate::packer::PackerStats;
+use crate::repo::Repository;
+
+/// Counters a progress display can poll while a backup runs.
+#[derive(Default)]
+pub struct Progress {
+    pub files: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_seen: AtomicU64,
+}
+
+/// What every backup is told.
+#[derive(Clone, Default)]
+pub struct BackupOptions {
+    pub host: String,
+    pub user: String,
+    pub tags: Vec<String>,
+    pub labels: Vec<(String, String)>,
+    /// Compare against this snapshot instead of the latest matching one.
+    pub parent: Option<Id>,
+    /// Read every file even when its metadata says it is unchanged.
+    pub force: bool,
+    pub excludes: Vec<String>,
+    pub exclude_caches: bool,
+    pub one_file_system: bool,
+    /// Threads that read and chunk files (besides the sealing pool).
+    pub readers: usize,
+    pub cancel: Arc<AtomicBool>,
+    pub progress: Arc<Progress>,
+}
+
+/// A committed backup.
+#[derive(Clone, Debug)]
+pub struct BackupResult {
+    pub id: Id,
+    pub snapshot: Snapshot,
+    /// Entries that could not be read, and files that changed while read.
+    pub warnings: Vec<String>,
+}
+
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// The snapshot a backup compares against: the one asked for, else the newest that `same`
+/// accepts (same host and source).
+pub(crate) fn parent(repo: &Repository, opts: &BackupOptions, same: &dyn Fn(&Snapshot) -> bool) -> Result<Option<Id>> {
+    if let Some(p) = opts.parent {
+        return Ok(Some(p));
+    }
+    Ok(repo.snapshots()?.into_iter().rev().find(|e| same(&e.snapshot)).map(|e| e.id))
+}
+
+/// Fills in the summary's storage figures and commits the snapshot.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn commit(
+    repo: &Repository,
+    opts: &BackupOptions,
+    source_kind: &str,
+    source_name: &str,
+    paths: Vec<String>,
+    parent: Option<Id>,
+    tree: Id,
+    mut summary: Summary,
+    stats: PackerStats,
+    started: Instant,
+    warnings: Vec<String>,
+) -> Result<BackupResult> {
+    summary.bytes_new = stats.bytes_new;
+    summary.bytes_stored = stats.bytes_stored;
+    summary.blobs_new = stats.blobs_new;
+    summary.packs_written = stats.packs;
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    let snapshot = Snapshot {
+        time_ns: now_ns(),
+        host: opts.host.clone(),
+        user: opts.user.clone(),
+        source_kind: source_kind.into(),
+        source_name: source_name.into(),
+        paths,
+        tags: opts.tags.clone(),
+        labels: opts.labels.clone(),
+        parent,
+        tree,
+        partial: summary.errors > 0,
+        program: concat!("hoard ", env!("CARGO_PKG_VERSION")).into(),
+        summary,
+    };
+    if opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(crate::error::RepoError::Interrupted);
+    }
+    let id = repo.save_snapshot(&snapshot)?;
+    Ok(BackupResult { id, snapshot, warnings })
+}

@@ -1,0 +1,212 @@
+//! Building a snapshot tree from a tar stream (the Docker Engine hands out volumes this way).
+//! Entries may come in any order; the tree is assembled in memory (metadata only: content is
+//! chunked and stored as each entry streams past) and stored bottom-up at the end.
+
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use hoard_core::format::snapshot::Summary;
+use hoard_core::format::tree::{Node, NodeKind};
+use hoard_core::Chunker;
+use tar::EntryType;
+
+use super::content::{chunk_stream, Flight, FLIGHT_BYTES};
+use super::treebuild::{MemDir, MemEntry};
+use super::{commit, BackupOptions, BackupResult};
+use crate::error::{RepoError, Result};
+use crate::packer::Packer;
+use crate::repo::Repository;
+
+fn components(p: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n.as_bytes().to_vec()),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(RepoError::Invalid(format!("tar entry {} escapes the archive", p.display())))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Stores the content of a tar stream and returns the root tree id and the summary. `strip`
+/// leading components are removed from every path (Docker's archive API puts a volume's
+/// content under one top directory).
+pub fn tree_from_tar(
+    packer: &Packer,
+    input: &mut dyn Read,
+    strip: usize,
+    opts: &BackupOptions,
+) -> Result<(hoard_core::Id, Summary)> {
+    let repo = packer.repo();
+    let chunker = Chunker::new(repo.config().files_chunker, repo.keys());
+    let flight = Flight::new(FLIGHT_BYTES);
+    let mut root = MemDir::default();
+    let mut summary = Summary::default();
+    let mut archive = tar::Archive::new(input);
+    let mut next_inode = 1u64;
+    let bad = |e: std::io::Error| RepoError::io("reading the tar stream", e);
+    for entry in archive.entries().map_err(bad)? {
+        if opts.cancel.load(Relaxed) {
+            return Err(RepoError::Interrupted);
+        }
+        let mut entry = entry.map_err(bad)?;
+        let path = entry.path().map_err(bad)?.into_owned();
+        let mut comps = components(&path)?;
+        if comps.len() <= strip {
+            if comps.len() == strip && entry.header().entry_type() == EntryType::Directory {
+                // The top directory itself: its metadata becomes the root's.
+            }
+            continue;
+        }
+        comps.drain(..strip);
+        let h = entry.header().clone();
+        let mut node = Node {
+            name: comps.last().unwrap().clone(),
+            // Numeric fields some writers leave blank read as 0 rather than failing the backup.
+            mode: h.mode().unwrap_or(0o644) & 0o7777,
+            uid: h.uid().unwrap_or(0) as u32,
+            gid: h.gid().unwrap_or(0) as u32,
+            user: h.username().ok().flatten().unwrap_or("").to_string(),
+            group: h.groupname().ok().flatten().unwrap_or("").to_string(),
+            mtime_ns: (h.mtime().unwrap_or(0) as i64) * 1_000_000_000,
+            links: 1,
+            ..Default::default()
+        };
+        if let Some(exts) = entry.pax_extensions().map_err(bad)? {
+            for ext in exts {
+                let ext = ext.map_err(bad)?;
+                let key = ext.key_bytes();
+                if key == b"mtime" {
+                    if let Some(ns) = std::str::from_utf8(ext.value_bytes()).ok().and_then(parse_pax_time) {
+                        node.mtime_ns = ns;
+                    }
+                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    node.xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                }
+            }
+            node.xattrs.sort();
+        }
+        let (dirs, _) = comps.split_at(comps.len() - 1);
+        match h.entry_type() {
+            EntryType::Directory => {
+                node.kind = Some(NodeKind::Dir);
+                root.dir_mut(&comps).node = Some(node);
+                summary.dirs += 1;
+                continue;
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                node.kind = Some(NodeKind::File);
+                node.inode = next_inode;
+                next_inode += 1;
+                let progress = &opts.progress;
+                let chunked = chunk_stream(&mut entry, &chunker, packer, &flight, &opts.cancel, &|n| {
+                    progress.bytes_read.fetch_add(n, Relaxed);
+                })?;
+                node.size = chunked.size;
+                node.content = chunked.content;
+                summary.files_new += 1;
+                summary.bytes_total += node.size;
+                summary.bytes_read += node.size;
+                progress.files.fetch_add(1, Relaxed);
+            }
+            EntryType::Symlink => {
+                node.kind = Some(NodeKind::Symlink);
+                node.link_target = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
+                summary.other_entries += 1;
+            }
+            EntryType::Link => {
+                let target = entry.link_name().map_err(bad)?.map(|p| p.into_owned()).unwrap_or_default();
+                let mut tcomps = components(&target)?;
+                if tcomps.len() <= strip {
+                    return Err(RepoError::Invalid(format!("hard link {} points outside the volume", path.display())));
+                }
+                tcomps.drain(..strip);
+                let Some(t) = root.leaf_mut(&tcomps) else {
+                    return Err(RepoError::Invalid(format!(
+                        "hard link {} to {} which is not in the stream before it",
+                        path.display(),
+                        target.display()
+                    )));
+                };
+                t.links += 1;
+                let mut copy = t.clone();
+                copy.name = node.name.clone();
+                node = copy;
+                summary.files_new += 1;
+                summary.bytes_total += node.size;
+                // Every node of the link group carries the final count.
+                let (inode, links) = (node.inode, node.links);
+                fix_links(&mut root, inode, links);
+            }
+            EntryType::Fifo => {
+                node.kind = Some(NodeKind::Fifo);
+                summary.other_entries += 1;
+            }
+            EntryType::Char | EntryType::Block => {
+                node.kind =
+                    Some(if h.entry_type() == EntryType::Char { NodeKind::CharDevice } else { NodeKind::BlockDevice });
+                let major = h.device_major().map_err(bad)?.unwrap_or(0) as u64;
+                let minor = h.device_minor().map_err(bad)?.unwrap_or(0) as u64;
+                node.rdev = libc::makedev(major as u32, minor as u32);
+                summary.other_entries += 1;
+            }
+            other => {
+                tracing::debug!("skipping tar entry {} of type {other:?}", path.display());
+                continue;
+            }
+        }
+        root.dir_mut(dirs).children.insert(node.name.clone(), MemEntry::Leaf(node));
+    }
+    let tree = root.store(packer)?;
+    Ok((tree, summary))
+}
+
+fn fix_links(d: &mut MemDir, inode: u64, links: u64) {
+    for e in d.children.values_mut() {
+        match e {
+            MemEntry::Leaf(n) if n.inode == inode && n.kind() == NodeKind::File => n.links = links,
+            MemEntry::Dir(sub) => fix_links(sub, inode, links),
+            _ => {}
+        }
+    }
+}
+
+fn parse_pax_time(s: &str) -> Option<i64> {
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let mut ns: i64 = 0;
+    for (i, c) in frac.chars().take(9).enumerate() {
+        ns += c.to_digit(10)? as i64 * 10i64.pow(8 - i as u32);
+    }
+    Some(secs * 1_000_000_000 + if secs < 0 { -ns } else { ns })
+}
+
+/// Backs up a tar stream as a tree snapshot.
+pub fn backup_tar(
+    repo: &Repository,
+    input: &mut dyn Read,
+    strip: usize,
+    kind: &str,
+    name: &str,
+    opts: &BackupOptions,
+) -> Result<BackupResult> {
+    let started = Instant::now();
+    let ((tree, summary), stats) = Packer::run(repo, 2, |packer| tree_from_tar(packer, input, strip, opts))?;
+    commit(repo, opts, kind, name, vec![], opts.parent, tree, summary, stats, started, vec![])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pax_times() {
+        assert_eq!(super::parse_pax_time("1700000000.5"), Some(1_700_000_000_500_000_000));
+        assert_eq!(super::parse_pax_time("12"), Some(12_000_000_000));
+        assert_eq!(super::parse_pax_time("x"), None);
+    }
+}

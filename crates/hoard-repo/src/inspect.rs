@@ -1,0 +1,259 @@
+//! Reading snapshots without restoring them: listing, comparing, sizing, and rebuilding the
+//! index from the packs.
+
+use std::collections::HashSet;
+
+use hoard_core::format::index::{IndexPack, IndexSegment};
+use hoard_core::format::tree::{Node, NodeKind};
+use hoard_core::format::ObjectKind;
+use hoard_core::Id;
+
+use crate::error::Result;
+use crate::repo::{Repository, SnapshotEntry};
+
+/// Calls `f(path, node)` for every entry below `node` (depth first, sorted), paths starting
+/// with `prefix`.
+pub fn walk(
+    repo: &Repository,
+    node: &Node,
+    prefix: &str,
+    recursive: bool,
+    f: &mut dyn FnMut(&str, &Node) -> Result<()>,
+) -> Result<()> {
+    if node.kind() != NodeKind::Dir {
+        return f(prefix, node);
+    }
+    let tree = repo.load_tree(&node.subtree.unwrap())?;
+    for n in &tree.nodes {
+        let p = join(prefix, &n.name);
+        f(&p, n)?;
+        if recursive && n.kind() == NodeKind::Dir {
+            walk(repo, n, &p, true, f)?;
+        }
+    }
+    Ok(())
+}
+
+fn join(prefix: &str, name: &[u8]) -> String {
+    let name = String::from_utf8_lossy(name);
+    if prefix.ends_with('/') {
+        format!("{prefix}{name}")
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+/// How an entry differs between two snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Added,
+    Removed,
+    /// Content differs.
+    Modified,
+    /// Only metadata (mode, owner, times, xattrs) differs.
+    Metadata,
+    /// The entry changed kind (file to directory, …).
+    TypeChanged,
+}
+
+impl Change {
+    pub fn symbol(self) -> char {
+        match self {
+            Change::Added => '+',
+            Change::Removed => '-',
+            Change::Modified => 'M',
+            Change::Metadata => 'U',
+            Change::TypeChanged => 'T',
+        }
+    }
+}
+
+fn same_meta(a: &Node, b: &Node) -> bool {
+    a.mode == b.mode
+        && a.uid == b.uid
+        && a.gid == b.gid
+        && a.mtime_ns == b.mtime_ns
+        && a.xattrs == b.xattrs
+        && a.link_target == b.link_target
+        && a.rdev == b.rdev
+}
+
+/// Called for each difference: path, change, old node, new node.
+pub type DiffVisitor<'a> = dyn FnMut(&str, Change, Option<&Node>, Option<&Node>) + 'a;
+
+/// Compares two trees, calling `f` for every difference, in path order. Identical subtrees
+/// (same id) are skipped without being read.
+pub fn diff(repo: &Repository, a: Option<&Node>, b: Option<&Node>, path: &str, f: &mut DiffVisitor) -> Result<()> {
+    let (ta, tb) = (
+        match a {
+            Some(n) if n.kind() == NodeKind::Dir => repo.load_tree(&n.subtree.unwrap())?.nodes,
+            _ => vec![],
+        },
+        match b {
+            Some(n) if n.kind() == NodeKind::Dir => repo.load_tree(&n.subtree.unwrap())?.nodes,
+            _ => vec![],
+        },
+    );
+    let (mut i, mut j) = (0, 0);
+    while i < ta.len() || j < tb.len() {
+        let ord = match (ta.get(i), tb.get(j)) {
+            (Some(x), Some(y)) => x.name.cmp(&y.name),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                let n = &ta[i];
+                let p = join(path, &n.name);
+                f(&p, Change::Removed, Some(n), None);
+                if n.kind() == NodeKind::Dir {
+                    diff(repo, Some(n), None, &p, f)?;
+                }
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                let n = &tb[j];
+                let p = join(path, &n.name);
+                f(&p, Change::Added, None, Some(n));
+                if n.kind() == NodeKind::Dir {
+                    diff(repo, None, Some(n), &p, f)?;
+                }
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (x, y) = (&ta[i], &tb[j]);
+                let p = join(path, &x.name);
+                if x.kind() != y.kind() {
+                    f(&p, Change::TypeChanged, Some(x), Some(y));
+                    diff(repo, Some(x), Some(y), &p, f)?;
+                } else if x.kind() == NodeKind::Dir {
+                    if !same_meta(x, y) {
+                        f(&p, Change::Metadata, Some(x), Some(y));
+                    }
+                    if x.subtree != y.subtree {
+                        diff(repo, Some(x), Some(y), &p, f)?;
+                    }
+                } else if x.content != y.content || x.size != y.size {
+                    f(&p, Change::Modified, Some(x), Some(y));
+                } else if !same_meta(x, y) {
+                    f(&p, Change::Metadata, Some(x), Some(y));
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sizes of a set of snapshots.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub snapshots: usize,
+    pub files: u64,
+    /// Sum of file sizes over all snapshots, counting every snapshot in full.
+    pub logical_bytes: u64,
+    /// Plaintext bytes of the distinct blobs they reference.
+    pub unique_bytes: u64,
+    /// Bytes those distinct blobs take in the repository.
+    pub stored_bytes: u64,
+    pub blobs: u64,
+}
+
+/// Walks the snapshots' trees and sums what they reference, counting each blob once.
+pub fn stats(repo: &Repository, snaps: &[SnapshotEntry]) -> Result<Stats> {
+    let mut st = Stats { snapshots: snaps.len(), ..Default::default() };
+    let mut seen_trees: HashSet<Id> = HashSet::new();
+    let mut seen_blobs: HashSet<Id> = HashSet::new();
+    let count_blob = |id: &Id, st: &mut Stats, seen: &mut HashSet<Id>| -> Result<()> {
+        if seen.insert(*id) {
+            if let Some(loc) = repo.cache().lookup(id)? {
+                st.unique_bytes += loc.entry.raw_len as u64;
+                st.stored_bytes += loc.entry.length as u64;
+                st.blobs += 1;
+            }
+        }
+        Ok(())
+    };
+    for s in snaps {
+        st.logical_bytes += s.snapshot.summary.bytes_total;
+        let mut stack = vec![s.snapshot.tree];
+        while let Some(t) = stack.pop() {
+            if !seen_trees.insert(t) {
+                continue;
+            }
+            count_blob(&t, &mut st, &mut seen_blobs)?;
+            for n in repo.load_tree(&t)?.nodes {
+                match n.kind() {
+                    NodeKind::Dir => stack.push(n.subtree.unwrap()),
+                    NodeKind::File => {
+                        st.files += 1;
+                        if let hoard_core::format::tree::Content::Lists(l) = &n.content {
+                            for id in l {
+                                count_blob(id, &mut st, &mut seen_blobs)?;
+                            }
+                        }
+                        for id in repo.content_chunks(&n.content)? {
+                            count_blob(&id, &mut st, &mut seen_blobs)?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(st)
+}
+
+/// What `repair index` did.
+#[derive(Debug, Default)]
+pub struct RepairIndexReport {
+    pub packs: usize,
+    pub blobs: usize,
+    pub unreadable: Vec<String>,
+    pub old_segments: usize,
+}
+
+/// Rebuilds the index from the packs alone: reads every pack's header and writes new index
+/// segments that supersede all existing ones, then removes the old ones. Safe to interrupt: the
+/// old segments go only after the new ones are durable.
+pub fn repair_index(repo: &Repository) -> Result<RepairIndexReport> {
+    let mut report = RepairIndexReport::default();
+    let old: Vec<Id> =
+        repo.storage().list(ObjectKind::Index)?.into_iter().filter_map(|o| Id::from_hex(&o.name).ok()).collect();
+    report.old_segments = old.len();
+    let mut packs = Vec::new();
+    for o in repo.storage().list(ObjectKind::Pack)? {
+        let Ok(id) = Id::from_hex(&o.name) else {
+            continue;
+        };
+        match crate::check::pack_header(repo, &id, o.size) {
+            Ok(entries) => {
+                report.blobs += entries.len();
+                packs.push(IndexPack { id, len: o.size, entries });
+            }
+            Err(e) => report.unreadable.push(format!("pack {}: {e}", o.name)),
+        }
+    }
+    report.packs = packs.len();
+    let mut chunks: Vec<Vec<IndexPack>> = packs.chunks(256).map(|c| c.to_vec()).collect();
+    if chunks.is_empty() {
+        chunks.push(vec![]);
+    }
+    let n = chunks.len();
+    for (i, c) in chunks.into_iter().enumerate() {
+        // The last segment carries the superseded list, so readers ignore the old ones only once
+        // every new one exists.
+        let superseded = if i + 1 == n { old.clone() } else { vec![] };
+        repo.write_object(ObjectKind::Index, &IndexSegment { packs: c, superseded }.encode())?;
+    }
+    for s in &old {
+        match repo.storage().delete(ObjectKind::Index, &s.to_hex()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == hoard_storage::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    repo.sync_index()?;
+    Ok(report)
+}

@@ -1,0 +1,18 @@
+//! A hoard repository: keys and config, packs and index, snapshots; and the operations on it:
+//! backup (file trees, tar streams, byte streams), restore, check, and inspection.
+//!
+//! **API Boundary:** the binary talks to hoard only through this crate. Nothing here knows
+//! about the command line, the terminal or config files; progress is exposed as counters and
+//! results as plain structs.
+
+pub mod backup;
+pub mod check;
+pub mod error;
+pub mod inspect;
+pub mod meta;
+pub mod packer;
+pub mod repo;
+pub mod restore;
+
+pub use error::{RepoError, Result};
+pub use repo::{InitOptions, KeyInfo, Repository, SnapshotEntry};

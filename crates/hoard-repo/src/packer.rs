@@ -1,0 +1,239 @@
+//! The write path shared by every backup: deduplicate blobs, seal them into packs on the
+//! calling worker, upload finished packs on their own threads, and write index segments for
+//! what was uploaded.
+//!
+//! **Architecture Invariant:** an index segment is written only after every pack it lists is
+//! durable, and a snapshot only after every segment it needs ([`Packer::run`] returns only
+//! then). A crash at any point leaves at most packs that nothing references.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use hoard_core::format::index::{IndexPack, IndexSegment};
+use hoard_core::format::pack::{FinishedPack, PackBuilder};
+use hoard_core::format::{BlobType, ObjectKind};
+use hoard_core::Id;
+
+use crate::error::{RepoError, Result};
+use crate::repo::Repository;
+
+/// Packs per index segment: a segment is written at least this often during a long backup, so
+/// a crash loses the index of at most this many packs (they stay in storage and
+/// `hoard repair index` can recover them).
+const PACKS_PER_SEGMENT: usize = 16;
+
+/// What a packer wrote.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PackerStats {
+    pub blobs_new: u64,
+    pub bytes_new: u64,
+    pub bytes_stored: u64,
+    pub packs: u64,
+    pub segments: u64,
+}
+
+/// Deduplicates and stores blobs. Shared by all workers of one backup.
+pub struct Packer<'r> {
+    repo: &'r Repository,
+    level: i32,
+    target: usize,
+    data: Mutex<Vec<PackBuilder>>,
+    trees: Mutex<Vec<PackBuilder>>,
+    /// Blobs stored by this backup and not yet findable through the index cache.
+    pending: Mutex<HashSet<Id>>,
+    tx: Mutex<Option<Sender<FinishedPack>>>,
+    uploaded: Mutex<Vec<IndexPack>>,
+    error: Mutex<Option<RepoError>>,
+    blobs_new: AtomicU64,
+    bytes_new: AtomicU64,
+    bytes_stored: AtomicU64,
+    packs: AtomicU64,
+    segments: AtomicU64,
+}
+
+impl<'r> Packer<'r> {
+    /// Runs `f` with a packer, then flushes every open pack, waits for all uploads and writes
+    /// the last index segment. Returns `f`'s result only when all of that succeeded.
+    pub fn run<T>(
+        repo: &'r Repository,
+        uploaders: usize,
+        f: impl FnOnce(&Packer<'r>) -> Result<T>,
+    ) -> Result<(T, PackerStats)> {
+        let (tx, rx) = bounded::<FinishedPack>(uploaders.max(1));
+        let packer = Packer {
+            repo,
+            level: repo.config().compression,
+            target: repo.config().pack_size as usize,
+            data: Mutex::new(Vec::new()),
+            trees: Mutex::new(Vec::new()),
+            pending: Mutex::new(HashSet::new()),
+            tx: Mutex::new(Some(tx)),
+            uploaded: Mutex::new(Vec::new()),
+            error: Mutex::new(None),
+            blobs_new: AtomicU64::new(0),
+            bytes_new: AtomicU64::new(0),
+            bytes_stored: AtomicU64::new(0),
+            packs: AtomicU64::new(0),
+            segments: AtomicU64::new(0),
+        };
+        let result = std::thread::scope(|s| {
+            for _ in 0..uploaders.max(1) {
+                let rx = rx.clone();
+                let p = &packer;
+                s.spawn(move || p.upload_loop(rx));
+            }
+            drop(rx);
+            let r = f(&packer);
+            let flushed = packer.flush();
+            *packer.tx.lock().unwrap() = None;
+            r.and_then(|t| flushed.map(|()| t))
+        });
+        let result = result.and_then(|t| {
+            if let Some(e) = packer.error.lock().unwrap().take() {
+                return Err(e);
+            }
+            let rest = std::mem::take(&mut *packer.uploaded.lock().unwrap());
+            packer.write_segment(rest)?;
+            Ok(t)
+        });
+        let stats = packer.stats();
+        result.map(|t| (t, stats))
+    }
+
+    pub fn stats(&self) -> PackerStats {
+        PackerStats {
+            blobs_new: self.blobs_new.load(Relaxed),
+            bytes_new: self.bytes_new.load(Relaxed),
+            bytes_stored: self.bytes_stored.load(Relaxed),
+            packs: self.packs.load(Relaxed),
+            segments: self.segments.load(Relaxed),
+        }
+    }
+
+    pub fn repo(&self) -> &'r Repository {
+        self.repo
+    }
+
+    /// The first upload error, if any: workers stop early instead of sealing more data.
+    pub fn failed(&self) -> bool {
+        self.error.lock().unwrap().is_some()
+    }
+
+    /// Claims a blob for storing: true when it is new to the repository and to this backup,
+    /// in which case the caller must [`Packer::store`] it.
+    pub fn claim(&self, id: &Id) -> Result<bool> {
+        let mut pending = self.pending.lock().unwrap();
+        if pending.contains(id) {
+            return Ok(false);
+        }
+        // Lock order: pending, then the cache. The uploader never holds the cache while taking
+        // `pending`, so this cannot deadlock.
+        if self.repo.has_blob(id)? {
+            return Ok(false);
+        }
+        pending.insert(*id);
+        Ok(true)
+    }
+
+    /// Compresses, encrypts and packs a claimed blob on the calling thread.
+    pub fn store(&self, t: BlobType, id: Id, plaintext: &[u8]) -> Result<()> {
+        let pool = if t == BlobType::Tree { &self.trees } else { &self.data };
+        let mut b = pool.lock().unwrap().pop().unwrap_or_else(|| PackBuilder::new(self.repo.keys()));
+        let stored = b.add(t, id, plaintext, self.level).bytes.len();
+        self.blobs_new.fetch_add(1, Relaxed);
+        self.bytes_new.fetch_add(plaintext.len() as u64, Relaxed);
+        self.bytes_stored.fetch_add(stored as u64, Relaxed);
+        if b.size() >= self.target {
+            self.send(b.finish())?;
+        } else {
+            pool.lock().unwrap().push(b);
+        }
+        Ok(())
+    }
+
+    /// Hashes a blob and stores it unless the repository has it. Returns its id and whether it
+    /// was new.
+    pub fn add(&self, t: BlobType, plaintext: &[u8]) -> Result<(Id, bool)> {
+        let id = self.repo.keys().blob_id(plaintext);
+        let new = self.claim(&id)?;
+        if new {
+            self.store(t, id, plaintext)?;
+        }
+        Ok((id, new))
+    }
+
+    fn send(&self, p: FinishedPack) -> Result<()> {
+        let tx = self.tx.lock().unwrap().clone();
+        match tx {
+            Some(tx) => tx.send(p).map_err(|_| self.take_error()),
+            None => Err(RepoError::Invalid("packer used after it was closed".into())),
+        }
+    }
+
+    fn take_error(&self) -> RepoError {
+        self.error.lock().unwrap().take().unwrap_or_else(|| RepoError::Invalid("the upload threads stopped".into()))
+    }
+
+    fn flush(&self) -> Result<()> {
+        let mut all: Vec<PackBuilder> = std::mem::take(&mut *self.data.lock().unwrap());
+        all.extend(std::mem::take(&mut *self.trees.lock().unwrap()));
+        for b in all {
+            if !b.is_empty() {
+                self.send(b.finish())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn upload_loop(&self, rx: Receiver<FinishedPack>) {
+        for p in rx {
+            if self.failed() {
+                continue; // Drain so senders never block; the error is reported once.
+            }
+            let r = self.upload(p);
+            if let Err(e) = r {
+                let mut err = self.error.lock().unwrap();
+                if err.is_none() {
+                    *err = Some(e);
+                }
+            }
+        }
+    }
+
+    fn upload(&self, p: FinishedPack) -> Result<()> {
+        let pieces: Vec<Bytes> = p.pieces.into_iter().map(Bytes::from).collect();
+        self.repo.storage().create(ObjectKind::Pack, &p.id.to_hex(), &pieces)?;
+        self.packs.fetch_add(1, Relaxed);
+        let ready = {
+            let mut u = self.uploaded.lock().unwrap();
+            u.push(IndexPack { id: p.id, len: p.len, entries: p.entries });
+            (u.len() >= PACKS_PER_SEGMENT).then(|| std::mem::take(&mut *u))
+        };
+        if let Some(packs) = ready {
+            self.write_segment(packs)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one index segment for durable packs, teaches the cache about it, and then stops
+    /// tracking its blobs as pending (the cache finds them now).
+    fn write_segment(&self, packs: Vec<IndexPack>) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let seg = IndexSegment { packs, superseded: vec![] };
+        let name = self.repo.write_object(ObjectKind::Index, &seg.encode())?;
+        self.segments.fetch_add(1, Relaxed);
+        self.repo.cache().add_segment(&name.to_hex(), &seg)?;
+        let mut pending = self.pending.lock().unwrap();
+        for p in &seg.packs {
+            for e in &p.entries {
+                pending.remove(&e.id);
+            }
+        }
+        Ok(())
+    }
+}

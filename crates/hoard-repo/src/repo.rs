@@ -1,0 +1,415 @@
+//! Opening, creating and reading a repository: keys, config, the index cache kept in step with
+//! the index segments in storage, snapshots, and verified blob reads.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use hoard_core::format::config::Config;
+use hoard_core::format::index::IndexSegment;
+use hoard_core::format::keyfile::{KeyFile, KeyMeta};
+use hoard_core::format::snapshot::Snapshot;
+use hoard_core::format::tree::{decode_list, Content, Tree};
+use hoard_core::format::{object, pack, BlobType, ObjectKind};
+use hoard_core::{ChunkerParams, Id, KdfParams, Keys, MasterKey, FORMAT_VERSION};
+use hoard_index::IndexCache;
+use hoard_storage::{ErrorKind, Storage, CONFIG_NAME};
+
+use crate::error::{RepoError, Result};
+
+/// An open, unlocked repository.
+pub struct Repository {
+    storage: Arc<dyn Storage>,
+    config: Config,
+    master: MasterKey,
+    keys: Keys,
+    key_name: String,
+    cache: Mutex<IndexCache>,
+}
+
+/// Settings chosen at `hoard init`.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    pub files_chunker: ChunkerParams,
+    pub dumps_chunker: ChunkerParams,
+    pub pack_size: u32,
+    pub compression: i32,
+    pub meta: KeyMeta,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        let c = Config::new(Id::default());
+        InitOptions {
+            kdf: KdfParams::default(),
+            files_chunker: c.files_chunker,
+            dumps_chunker: c.dumps_chunker,
+            pack_size: c.pack_size,
+            compression: c.compression,
+            meta: KeyMeta { created_ns: 0, host: String::new(), user: String::new() },
+        }
+    }
+}
+
+/// A snapshot with its id.
+#[derive(Clone, Debug)]
+pub struct SnapshotEntry {
+    pub id: Id,
+    pub snapshot: Snapshot,
+}
+
+/// One key of the repository, as `hoard key list` shows it.
+#[derive(Clone, Debug)]
+pub struct KeyInfo {
+    pub name: String,
+    pub meta: KeyMeta,
+    pub current: bool,
+}
+
+fn cache_path(cache_root: &Path, id: &Id) -> PathBuf {
+    cache_root.join(id.to_hex()).join("index.sqlite")
+}
+
+fn read_config(storage: &dyn Storage) -> Result<Vec<u8>> {
+    match storage.read(ObjectKind::Config, CONFIG_NAME) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(RepoError::NoRepository(storage.location())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Repository {
+    /// Creates a repository in empty storage. The config is written last: until it exists,
+    /// there is no repository, so an interrupted init leaves nothing that looks like one.
+    pub fn init(
+        storage: Arc<dyn Storage>,
+        password: &[u8],
+        opts: InitOptions,
+        cache_root: &Path,
+    ) -> Result<Repository> {
+        match storage.read(ObjectKind::Config, CONFIG_NAME) {
+            Ok(_) => return Err(RepoError::Invalid(format!("a repository already exists at {}", storage.location()))),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let master = MasterKey::generate();
+        let keys = master.keys();
+        let mut config = Config::new(Id::random());
+        config.files_chunker = opts.files_chunker;
+        config.dumps_chunker = opts.dumps_chunker;
+        config.pack_size = opts.pack_size;
+        config.compression = opts.compression;
+        config.validate().map_err(|e| RepoError::core("repository settings", e))?;
+        let key_bytes = KeyFile::create(&master, &config.id, password, opts.kdf, opts.meta)
+            .map_err(|e| RepoError::core("creating key", e))?;
+        let key_name = Id::random().to_hex();
+        storage.create(ObjectKind::Key, &key_name, &[Bytes::from(key_bytes)])?;
+        storage.create(ObjectKind::Config, CONFIG_NAME, &[Bytes::from(config.encode(&keys))])?;
+        let cache = IndexCache::open(&cache_path(cache_root, &config.id), &config.id)?;
+        Ok(Repository { storage, config, master, keys, key_name, cache: Mutex::new(cache) })
+    }
+
+    /// The format version of the repository, without a password.
+    pub fn peek_version(storage: &dyn Storage) -> Result<u32> {
+        let b = read_config(storage)?;
+        Config::peek_version(&b)
+            .map_err(|e| RepoError::core(format!("reading the config at {}", storage.location()), e))
+    }
+
+    /// Opens and unlocks a repository, then brings the index cache up to date.
+    pub fn open(storage: Arc<dyn Storage>, password: &[u8], cache_root: &Path) -> Result<Repository> {
+        let config_bytes = read_config(&*storage)?;
+        let version = Config::peek_version(&config_bytes)
+            .map_err(|e| RepoError::core(format!("reading the config at {}", storage.location()), e))?;
+        if version > FORMAT_VERSION || version == 0 {
+            return Err(RepoError::UnsupportedVersion {
+                location: storage.location(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let mut names: Vec<String> = storage.list(ObjectKind::Key)?.into_iter().map(|k| k.name).collect();
+        names.sort();
+        let mut opened = None;
+        for name in names {
+            let bytes = storage.read(ObjectKind::Key, &name)?;
+            let kf = match KeyFile::decode(&bytes) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!("key {name} is unreadable and was skipped: {e}");
+                    continue;
+                }
+            };
+            match kf.open(password) {
+                Ok((master, _)) => {
+                    opened = Some((name, master));
+                    break;
+                }
+                Err(hoard_core::Error::WrongPassword) => continue,
+                Err(e) => tracing::warn!("key {name}: {e}"),
+            }
+        }
+        let (key_name, master) = opened.ok_or_else(|| RepoError::WrongPassword(storage.location()))?;
+        let keys = master.keys();
+        let config = Config::decode(&config_bytes, &keys).map_err(|e| RepoError::core("the repository config", e))?;
+        let cache = IndexCache::open(&cache_path(cache_root, &config.id), &config.id)?;
+        let repo = Repository { storage, config, master, keys, key_name, cache: Mutex::new(cache) };
+        repo.sync_index()?;
+        Ok(repo)
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn cache(&self) -> MutexGuard<'_, IndexCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads index segments the cache has not seen, forgets those gone from storage. A segment
+    /// named as superseded by another is ignored.
+    pub fn sync_index(&self) -> Result<()> {
+        let listed: HashSet<String> = self.storage.list(ObjectKind::Index)?.into_iter().map(|o| o.name).collect();
+        let mut cache = self.cache();
+        let known = cache.segments()?;
+        for gone in known.difference(&listed) {
+            cache.remove_segment(gone)?;
+        }
+        let mut new: Vec<(String, IndexSegment)> = Vec::new();
+        for name in listed.difference(&known) {
+            match self.read_segment(name) {
+                Ok(seg) => new.push((name.clone(), seg)),
+                // A damaged segment must not lock the user out of everything else: its packs
+                // are still in storage, `check` reports it and `repair index` rebuilds it.
+                Err(e @ RepoError::Core { .. }) => {
+                    tracing::warn!("{e}; the blobs it lists are unavailable until `hoard repair index`")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let superseded: HashSet<String> =
+            new.iter().flat_map(|(_, s)| s.superseded.iter().map(|i| i.to_hex())).collect();
+        for (name, seg) in &new {
+            if superseded.contains(name) {
+                cache.add_segment(name, &IndexSegment::default())?;
+            } else {
+                cache.add_segment(name, seg)?;
+            }
+        }
+        for name in superseded.intersection(&known) {
+            cache.remove_segment(name)?;
+            cache.add_segment(name, &IndexSegment::default())?;
+        }
+        Ok(())
+    }
+
+    /// Reads and authenticates one index segment from storage.
+    pub fn read_segment(&self, name: &str) -> Result<IndexSegment> {
+        let id = Id::from_hex(name).map_err(|e| RepoError::core("index segment name", e))?;
+        let bytes = self.storage.read(ObjectKind::Index, name)?;
+        let body = object::open(&self.keys, ObjectKind::Index, &id, &bytes)
+            .map_err(|e| RepoError::core(format!("index segment {name}"), e))?;
+        IndexSegment::decode(&body).map_err(|e| RepoError::core(format!("index segment {name}"), e))
+    }
+
+    /// Writes a sealed object under a fresh random name and returns the name.
+    pub fn write_object(&self, kind: ObjectKind, body: &[u8]) -> Result<Id> {
+        let name = Id::random();
+        let sealed = object::seal(&self.keys, kind, &name, body, self.config.compression.max(1));
+        self.storage.create(kind, &name.to_hex(), &[Bytes::from(sealed)])?;
+        Ok(name)
+    }
+
+    /// Commits a snapshot: the last write of a backup.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        let body = snap.encode();
+        let name = Id::random();
+        let sealed = object::seal(&self.keys, ObjectKind::Snapshot, &name, &body, self.config.compression.max(1));
+        self.storage.create(ObjectKind::Snapshot, &name.to_hex(), &[Bytes::copy_from_slice(&sealed)])?;
+        self.cache().put_snapshot(&name.to_hex(), &sealed)?;
+        Ok(name)
+    }
+
+    fn open_snapshot(&self, name: &str, sealed: &[u8]) -> Result<Snapshot> {
+        let id = Id::from_hex(name).map_err(|e| RepoError::core("snapshot name", e))?;
+        let body = object::open(&self.keys, ObjectKind::Snapshot, &id, sealed)
+            .map_err(|e| RepoError::core(format!("snapshot {name}"), e))?;
+        Snapshot::decode(&body).map_err(|e| RepoError::core(format!("snapshot {name}"), e))
+    }
+
+    /// Reads one snapshot straight from storage, bypassing the cache (for `check`).
+    pub fn read_snapshot_uncached(&self, id: &Id) -> Result<Snapshot> {
+        let sealed = self.storage.read(ObjectKind::Snapshot, &id.to_hex())?;
+        self.open_snapshot(&id.to_hex(), &sealed)
+    }
+
+    /// All snapshots, oldest first. Only snapshots new since the last call are downloaded.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let listed: HashSet<String> = self.storage.list(ObjectKind::Snapshot)?.into_iter().map(|o| o.name).collect();
+        let cache = self.cache();
+        for gone in cache.snapshot_names()?.difference(&listed) {
+            cache.remove_snapshot(gone)?;
+        }
+        let mut out = Vec::with_capacity(listed.len());
+        for name in &listed {
+            let sealed = match cache.snapshot(name)? {
+                Some(s) => s,
+                None => {
+                    let s = match self.storage.read(ObjectKind::Snapshot, name) {
+                        Ok(s) => s,
+                        // Deleted between list and read (a concurrent forget).
+                        Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    cache.put_snapshot(name, &s)?;
+                    s
+                }
+            };
+            let snapshot = match self.open_snapshot(name, &sealed) {
+                Ok(s) => s,
+                Err(e) => {
+                    // One damaged snapshot must not hide the others; `check` reports it.
+                    tracing::warn!("{e}; skipped");
+                    cache.remove_snapshot(name)?;
+                    continue;
+                }
+            };
+            out.push(SnapshotEntry {
+                id: Id::from_hex(name).map_err(|e| RepoError::core("snapshot name", e))?,
+                snapshot,
+            });
+        }
+        out.sort_by(|a, b| a.snapshot.time_ns.cmp(&b.snapshot.time_ns).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Resolves a snapshot reference: a full id, a unique id prefix, or `latest` (the newest
+    /// snapshot passing `filter`).
+    pub fn find_snapshot(&self, reference: &str, filter: &dyn Fn(&Snapshot) -> bool) -> Result<SnapshotEntry> {
+        let all = self.snapshots()?;
+        if reference == "latest" {
+            return all
+                .into_iter()
+                .rev()
+                .find(|e| filter(&e.snapshot))
+                .ok_or_else(|| RepoError::SnapshotNotFound(reference.into()));
+        }
+        let r = reference.to_ascii_lowercase();
+        let mut hits = all.into_iter().filter(|e| e.id.to_hex().starts_with(&r));
+        let first = hits.next().ok_or_else(|| RepoError::SnapshotNotFound(reference.into()))?;
+        if hits.next().is_some() {
+            return Err(RepoError::AmbiguousSnapshot(reference.into()));
+        }
+        Ok(first)
+    }
+
+    /// Reads, authenticates and verifies one blob. Tries every copy the index knows of.
+    pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let locations = self.cache().locations(id)?;
+        if locations.is_empty() {
+            return Err(RepoError::BlobMissing(*id));
+        }
+        let mut last = None;
+        for loc in locations {
+            let r = self
+                .storage
+                .read_range(ObjectKind::Pack, &loc.pack.to_hex(), loc.entry.offset, loc.entry.length.into())
+                .map_err(RepoError::from)
+                .and_then(|stored| {
+                    pack::open_blob(&self.keys, &loc.pack, &loc.entry, &stored)
+                        .map_err(|e| RepoError::core(format!("blob {} in pack {}", id.short(), loc.pack), e))
+                });
+            match r {
+                Ok(b) => return Ok(b),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap())
+    }
+
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let b = self.read_blob(id)?;
+        Tree::decode(&b).map_err(|e| RepoError::core(format!("tree {}", id.short()), e))
+    }
+
+    /// The chunk ids of a file's content, in order, reading list blobs when there are any.
+    pub fn content_chunks(&self, content: &Content) -> Result<Vec<Id>> {
+        match content {
+            Content::None => Ok(vec![]),
+            Content::Chunks(ids) => Ok(ids.clone()),
+            Content::Lists(lists) => {
+                let mut out = Vec::new();
+                for l in lists {
+                    let b = self.read_blob(l)?;
+                    out.extend(decode_list(&b).map_err(|e| RepoError::core(format!("chunk list {}", l.short()), e))?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Whether the index has a blob of that id.
+    pub fn has_blob(&self, id: &Id) -> Result<bool> {
+        Ok(self.cache().contains(id)?)
+    }
+
+    /// The blob type the index records for an id.
+    pub fn blob_type(&self, id: &Id) -> Result<Option<BlobType>> {
+        Ok(self.cache().lookup(id)?.map(|l| l.entry.blob_type))
+    }
+
+    // ---- keys ----
+
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for o in self.storage.list(ObjectKind::Key)? {
+            let b = self.storage.read(ObjectKind::Key, &o.name)?;
+            let kf = KeyFile::decode(&b).map_err(|e| RepoError::core(format!("key {}", o.name), e))?;
+            out.push(KeyInfo { current: o.name == self.key_name, name: o.name, meta: kf.meta });
+        }
+        out.sort_by_key(|k| k.meta.created_ns);
+        Ok(out)
+    }
+
+    /// Adds a key that opens this repository with another password.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams, meta: KeyMeta) -> Result<String> {
+        let master = &self.master;
+        let bytes = KeyFile::create(master, &self.config.id, password, kdf, meta)
+            .map_err(|e| RepoError::core("creating key", e))?;
+        let name = Id::random().to_hex();
+        self.storage.create(ObjectKind::Key, &name, &[Bytes::from(bytes)])?;
+        Ok(name)
+    }
+
+    /// Removes a key by name (or unique prefix). The key in use cannot be removed.
+    pub fn remove_key(&self, reference: &str) -> Result<String> {
+        let keys = self.list_keys()?;
+        let hits: Vec<_> = keys.iter().filter(|k| k.name.starts_with(reference)).collect();
+        let k = match hits.as_slice() {
+            [k] => *k,
+            [] => return Err(RepoError::NotFound(format!("no key matches {reference:?}"))),
+            _ => return Err(RepoError::Invalid(format!("{reference:?} matches several keys"))),
+        };
+        if k.current {
+            return Err(RepoError::Invalid(
+                "refusing to remove the key this command was unlocked with; unlock with another key's password".into(),
+            ));
+        }
+        self.storage.delete(ObjectKind::Key, &k.name)?;
+        Ok(k.name.clone())
+    }
+}
