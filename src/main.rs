@@ -1,0 +1,1036 @@
+//! `hoard`: the command line. The only place that knows clap, the terminal, environment
+//! variables, exit codes and `anyhow`; everything else lives in the libraries under `crates/`.
+
+// Doc comments here are clap's help text ("SNAPSHOT[:PATH]"), not intra-doc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
+mod exit;
+mod output;
+mod password;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use hoard_core::format::keyfile::KeyMeta;
+use hoard_core::format::snapshot::Snapshot;
+use hoard_core::format::tree::{Node, NodeKind};
+use hoard_core::{ChunkerParams, KdfParams};
+use hoard_repo::backup::{self, BackupOptions, BackupResult, Progress};
+use hoard_repo::check::Subset;
+use hoard_repo::inspect;
+use hoard_repo::restore::{self, RestoreOptions};
+use hoard_repo::{InitOptions, Repository, SnapshotEntry};
+use hoard_storage::{LocalStorage, Storage};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "hoard",
+    version,
+    about = "Deduplicating, encrypted backups of file trees, Docker volumes and database dumps"
+)]
+struct Cli {
+    /// Repository location (a directory). Default: $XDG_DATA_HOME/hoard/repository.
+    #[arg(short = 'r', long, env = "HOARD_REPOSITORY", global = true)]
+    repo: Option<String>,
+    /// Read the password from this file (or set HOARD_PASSWORD / HOARD_PASSWORD_FILE).
+    #[arg(long, global = true)]
+    password_file: Option<String>,
+    /// Run this command and use what it prints as the password.
+    #[arg(long, global = true)]
+    password_command: Option<String>,
+    /// Where the local index cache lives. Default: $XDG_CACHE_HOME/hoard.
+    #[arg(long, env = "HOARD_CACHE_DIR", global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print less.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Log more (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Never show progress bars.
+    #[arg(long, global = true)]
+    no_progress: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a new repository.
+    Init(InitArgs),
+    /// Back up paths, standard input, or a command's output.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots(FilterArgs),
+    /// List the files in a snapshot.
+    Ls {
+        /// SNAPSHOT[:PATH]
+        snapshot: String,
+        /// Show mode, owner, size and time.
+        #[arg(short, long)]
+        long: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Show what changed between two snapshots.
+    Diff {
+        a: String,
+        b: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Restore a snapshot (or a path in it) to a directory.
+    Restore(RestoreArgs),
+    /// Write a file (or a stream snapshot's data) to standard output; a directory as tar.
+    Dump {
+        /// SNAPSHOT (or SNAPSHOT:PATH)
+        snapshot: String,
+        /// The file in the snapshot (a stream snapshot's name). Default: the only file.
+        path: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Sizes: logical, unique and stored bytes, dedup and compression ratios.
+    Stats {
+        /// Snapshots to count (default: all that match the filters).
+        snapshots: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Verify the repository: structure, and with --read-data every byte.
+    Check {
+        /// Read and verify all data.
+        #[arg(long)]
+        read_data: bool,
+        /// Read and verify a subset: N% or n/t.
+        #[arg(long, value_name = "N%|n/t")]
+        read_data_subset: Option<String>,
+    },
+    /// Manage the passwords that open the repository.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Rebuild parts of the repository.
+    #[command(subcommand)]
+    Repair(RepairCmd),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Average chunk size for file trees, e.g. 1MiB (a power of two from 1KiB to 4MiB).
+    #[arg(long, value_parser = parse_size)]
+    chunk_size: Option<u64>,
+    /// Average chunk size for streams and database dumps.
+    #[arg(long, value_parser = parse_size)]
+    dump_chunk_size: Option<u64>,
+    /// Target pack size, e.g. 16MiB.
+    #[arg(long, value_parser = parse_size)]
+    pack_size: Option<u64>,
+    /// zstd level, 0 (none) to 22.
+    #[arg(long)]
+    compression: Option<i32>,
+    /// argon2id memory in KiB.
+    #[arg(long)]
+    kdf_memory: Option<u32>,
+    /// argon2id passes.
+    #[arg(long)]
+    kdf_iterations: Option<u32>,
+    /// Read the new password from this file.
+    #[arg(long)]
+    new_password_file: Option<String>,
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    /// Files and directories to back up.
+    paths: Vec<PathBuf>,
+    /// Back up standard input as one stream (needs --name).
+    #[arg(long, conflicts_with = "from_command")]
+    stdin: bool,
+    /// Back up what this shell command prints (needs --name); if it fails, nothing is committed.
+    #[arg(long, value_name = "CMD")]
+    from_command: Option<String>,
+    /// Name of the stream (its file name in the snapshot).
+    #[arg(long)]
+    name: Option<String>,
+    /// Add a tag (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Record this host name instead of the machine's.
+    #[arg(long)]
+    host: Option<String>,
+    /// Exclude paths matching a glob (repeatable); without '/', matches names anywhere.
+    #[arg(short = 'e', long = "exclude")]
+    excludes: Vec<String>,
+    /// Read exclude globs from a file, one per line (repeatable).
+    #[arg(long = "exclude-file")]
+    exclude_files: Vec<PathBuf>,
+    /// Skip directories that hold a valid CACHEDIR.TAG.
+    #[arg(long)]
+    exclude_caches: bool,
+    /// Do not cross into other filesystems.
+    #[arg(short = 'x', long)]
+    one_file_system: bool,
+    /// Compare against this snapshot instead of the latest of the same paths.
+    #[arg(long)]
+    parent: Option<String>,
+    /// Read every file, even those whose metadata is unchanged.
+    #[arg(long)]
+    force: bool,
+    /// Attach a label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Threads reading files (more overlap waiting on the disk).
+    #[arg(long, default_value_t = 4)]
+    read_concurrency: usize,
+}
+
+#[derive(Args, Clone, Default)]
+struct FilterArgs {
+    /// Only snapshots of this host.
+    #[arg(long = "filter-host")]
+    host: Option<String>,
+    /// Only snapshots with this tag.
+    #[arg(long = "filter-tag")]
+    tag: Option<String>,
+    /// Only snapshots of this source kind (path, stdin, command, …).
+    #[arg(long = "filter-source")]
+    source: Option<String>,
+    /// Only snapshots of this source name (a stream's name, the paths).
+    #[arg(long = "filter-name")]
+    name: Option<String>,
+}
+
+impl FilterArgs {
+    fn matches(&self, s: &Snapshot) -> bool {
+        self.host.as_ref().is_none_or(|h| &s.host == h)
+            && self.tag.as_ref().is_none_or(|t| s.tags.contains(t))
+            && self.source.as_ref().is_none_or(|k| &s.source_kind == k)
+            && self.name.as_ref().is_none_or(|n| &s.source_name == n)
+    }
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// SNAPSHOT[:PATH]: an id, unique id prefix or `latest`, and optionally a path in it.
+    snapshot: String,
+    /// Directory to restore into.
+    #[arg(short, long)]
+    target: PathBuf,
+    /// Restore only paths matching a glob (repeatable).
+    #[arg(short, long = "include")]
+    includes: Vec<String>,
+    /// Leave out paths matching a glob (repeatable).
+    #[arg(short, long = "exclude")]
+    excludes: Vec<String>,
+    /// Do not restore owners even when running as root.
+    #[arg(long)]
+    no_owners: bool,
+    /// Write zero chunks of sparse files as data instead of holes.
+    #[arg(long)]
+    no_sparse: bool,
+    /// Files restored at once.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// List keys.
+    List,
+    /// Add a password.
+    Add {
+        #[arg(long)]
+        new_password_file: Option<String>,
+    },
+    /// Remove a key by id (prefix).
+    Remove { id: String },
+    /// Change the password: add a new key, remove the current one.
+    Passwd {
+        #[arg(long)]
+        new_password_file: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepairCmd {
+    /// Rebuild the index from the packs alone.
+    Index,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 1MiB"))?;
+    let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        u => return Err(format!("unknown unit {u:?} in {s:?}")),
+    };
+    n.checked_mul(mul).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
+}
+
+/// Everything commands share.
+struct Ctx {
+    cli_repo: Option<String>,
+    pw: password::Source,
+    cache_dir: PathBuf,
+    json: bool,
+    quiet: bool,
+    progress: bool,
+    cancel: Arc<AtomicBool>,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+fn default_repo() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".local/share"))
+        .join("hoard/repository")
+}
+
+fn default_cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| home().join(".cache")).join("hoard")
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes.
+    if unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        return String::from_utf8_lossy(&buf[..end]).into_owned();
+    }
+    "unknown".into()
+}
+
+fn username() -> String {
+    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| {
+        // SAFETY: getuid cannot fail.
+        hoard_repo::meta::Names::default().user(unsafe { libc::getuid() })
+    })
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+impl Ctx {
+    fn location(&self) -> String {
+        self.cli_repo.clone().unwrap_or_else(|| default_repo().display().to_string())
+    }
+
+    fn storage(&self) -> Result<Arc<dyn Storage>> {
+        let loc = self.location();
+        if loc.contains("://") || loc.starts_with("s3:") {
+            bail!("{loc}: only local directories are supported by this build");
+        }
+        let p = Path::new(&loc);
+        if p.exists() && !p.is_dir() {
+            bail!("{loc} is a file, not a repository directory");
+        }
+        Ok(Arc::new(LocalStorage::open(p)))
+    }
+
+    fn open(&self) -> Result<Repository> {
+        let storage = self.storage()?;
+        // Refuse unknown versions and missing repositories before asking for a password.
+        let v = Repository::peek_version(&*storage)?;
+        if v > hoard_core::FORMAT_VERSION {
+            return Err(hoard_repo::RepoError::UnsupportedVersion {
+                location: storage.location(),
+                found: v,
+                supported: hoard_core::FORMAT_VERSION,
+            }
+            .into());
+        }
+        let pw = password::get(&self.pw, &format!("password for {}: ", storage.location()))?;
+        Ok(Repository::open(storage, pw.as_bytes(), &self.cache_dir)?)
+    }
+
+    fn print_json(&self, v: &Value) -> Result<()> {
+        out(&format!("{}\n", serde_json::to_string_pretty(v)?))
+    }
+}
+
+/// Writes to stdout; a closed pipe ends the program quietly, as `head` users expect.
+fn out(s: &str) -> Result<()> {
+    let mut o = io::stdout().lock();
+    match o.write_all(s.as_bytes()).and_then(|()| o.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => Ok(r?),
+    }
+}
+
+fn snapshot_json(e: &SnapshotEntry) -> Value {
+    let s = &e.snapshot;
+    let m = &s.summary;
+    json!({
+        "id": e.id.to_hex(),
+        "short_id": e.id.short(),
+        "time": output::rfc3339(s.time_ns),
+        "host": s.host,
+        "username": s.user,
+        "source_kind": s.source_kind,
+        "source_name": s.source_name,
+        "paths": s.paths,
+        "tags": s.tags,
+        "labels": s.labels.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
+        "parent": s.parent.map(|p| p.to_hex()),
+        "tree": s.tree.to_hex(),
+        "partial": s.partial,
+        "program": s.program,
+        "summary": {
+            "files_new": m.files_new, "files_changed": m.files_changed, "files_unmodified": m.files_unmodified,
+            "dirs": m.dirs, "other_entries": m.other_entries, "bytes_total": m.bytes_total, "bytes_read": m.bytes_read,
+            "bytes_new": m.bytes_new, "bytes_stored": m.bytes_stored, "blobs_new": m.blobs_new,
+            "packs_written": m.packs_written, "duration_ms": m.duration_ms, "errors": m.errors,
+            "changed_during_read": m.changed_during_read,
+        }
+    })
+}
+
+fn node_json(path: &str, n: &Node) -> Value {
+    json!({
+        "path": path,
+        "type": match n.kind() { NodeKind::File => "file", NodeKind::Dir => "dir", NodeKind::Symlink => "symlink",
+                 NodeKind::Fifo => "fifo", NodeKind::Socket => "socket", NodeKind::CharDevice => "chardev", NodeKind::BlockDevice => "blockdev" },
+        "mode": n.mode, "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group,
+        "size": n.size, "mtime": output::rfc3339(n.mtime_ns),
+        "link_target": (n.kind() == NodeKind::Symlink).then(|| String::from_utf8_lossy(&n.link_target).into_owned()),
+    })
+}
+
+/// A spinner on stderr, only on a terminal, fed from the backup's counters.
+struct Bar {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Bar {
+    fn start(enabled: bool, progress: Arc<Progress>) -> Bar {
+        let stop = Arc::new(AtomicBool::new(false));
+        if !enabled {
+            return Bar { stop, handle: None };
+        }
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let pb = indicatif::ProgressBar::new_spinner();
+            pb.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap());
+            while !s.load(Ordering::Relaxed) {
+                let read = progress.bytes_read.load(Ordering::Relaxed);
+                let secs = pb.elapsed().as_secs_f64().max(0.001);
+                pb.set_message(format!(
+                    "{} files, {} read ({}/s), {} seen",
+                    progress.files.load(Ordering::Relaxed),
+                    output::bytes(read),
+                    output::bytes((read as f64 / secs) as u64),
+                    output::bytes(progress.bytes_seen.load(Ordering::Relaxed)),
+                ));
+                pb.tick();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            pb.finish_and_clear();
+        });
+        Bar { stop, handle: Some(handle) }
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn split_ref(s: &str) -> (&str, Option<&str>) {
+    match s.split_once(':') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    }
+}
+
+fn find(repo: &Repository, reference: &str, filter: &FilterArgs) -> Result<SnapshotEntry> {
+    Ok(repo.find_snapshot(reference, &|s| filter.matches(s))?)
+}
+
+fn cmd_init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
+    let loc = ctx.location();
+    let path = PathBuf::from(&loc);
+    let mut opts = InitOptions::default();
+    if let Some(avg) = a.chunk_size {
+        opts.files_chunker = ChunkerParams::with_avg(u32::try_from(avg).unwrap_or(u32::MAX))?;
+    }
+    if let Some(avg) = a.dump_chunk_size {
+        opts.dumps_chunker = ChunkerParams::with_avg(u32::try_from(avg).unwrap_or(u32::MAX))?;
+    }
+    if let Some(p) = a.pack_size {
+        opts.pack_size = u32::try_from(p).map_err(|_| anyhow!("pack size too large"))?;
+    }
+    if let Some(c) = a.compression {
+        opts.compression = c;
+    }
+    opts.kdf = KdfParams {
+        memory_kib: a.kdf_memory.unwrap_or(KdfParams::default().memory_kib),
+        iterations: a.kdf_iterations.unwrap_or(KdfParams::default().iterations),
+        ..KdfParams::default()
+    };
+    opts.meta = KeyMeta { created_ns: now_ns(), host: hostname(), user: username() };
+    if path.join("config").exists() {
+        bail!("a repository already exists at {loc}");
+    }
+    let pw = password::get_new(a.new_password_file.as_deref(), true, &ctx.pw)?;
+    let storage = LocalStorage::create_layout(&path)?;
+    let repo = Repository::init(Arc::new(storage), pw.as_bytes(), opts, &ctx.cache_dir)?;
+    if ctx.json {
+        ctx.print_json(&json!({"id": repo.config().id.to_hex(), "repository": loc}))?;
+    } else if !ctx.quiet {
+        out(&format!(
+            "created hoard repository {} at {loc}\n\nKeep the password safe: without it the data cannot be read back.\n",
+            repo.config().id.short()
+        ))?;
+    }
+    Ok(exit::OK)
+}
+
+fn print_backup(ctx: &Ctx, r: &BackupResult) -> Result<()> {
+    let e = SnapshotEntry { id: r.id, snapshot: r.snapshot.clone() };
+    if ctx.json {
+        let mut v = snapshot_json(&e);
+        v["warnings"] = json!(r.warnings);
+        return ctx.print_json(&v);
+    }
+    if ctx.quiet {
+        return Ok(());
+    }
+    let m = &r.snapshot.summary;
+    let secs = m.duration_ms as f64 / 1000.0;
+    out(&format!(
+        "Files:       {} new, {} changed, {} unmodified\n\
+         Dirs:        {}\n\
+         Read:        {} of {} in {:.2}s\n\
+         Added:       {} new data, {} stored in {} packs\n\
+         {}{}snapshot {} saved\n",
+        m.files_new,
+        m.files_changed,
+        m.files_unmodified,
+        m.dirs,
+        output::bytes(m.bytes_read),
+        output::bytes(m.bytes_total),
+        secs,
+        output::bytes(m.bytes_new),
+        output::bytes(m.bytes_stored),
+        m.packs_written,
+        if m.errors > 0 {
+            format!("Errors:      {} entries could not be read (see above)\n", m.errors)
+        } else {
+            String::new()
+        },
+        if m.changed_during_read > 0 {
+            format!("Changed:     {} files changed while being read\n", m.changed_during_read)
+        } else {
+            String::new()
+        },
+        r.id.short()
+    ))
+}
+
+fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
+    let mut excludes = a.excludes.clone();
+    for f in &a.exclude_files {
+        let s = std::fs::read_to_string(f).with_context(|| format!("reading exclude file {}", f.display()))?;
+        excludes.extend(s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+    }
+    let progress = Arc::new(Progress::default());
+    let repo = ctx.open()?;
+    let parent = match &a.parent {
+        Some(p) => Some(repo.find_snapshot(p, &|_| true)?.id),
+        None => None,
+    };
+    let opts = BackupOptions {
+        host: a.host.clone().unwrap_or_else(hostname),
+        user: username(),
+        tags: a.tags.clone(),
+        labels: a.labels.clone(),
+        parent,
+        force: a.force,
+        excludes,
+        exclude_caches: a.exclude_caches,
+        one_file_system: a.one_file_system,
+        readers: a.read_concurrency.max(1),
+        cancel: ctx.cancel.clone(),
+        progress: progress.clone(),
+    };
+    let bar = Bar::start(ctx.progress, progress);
+    let result = if a.stdin || a.from_command.is_some() {
+        if !a.paths.is_empty() {
+            bail!("give either paths or --stdin/--from-command, not both");
+        }
+        let name = a.name.as_deref().ok_or_else(|| anyhow!("--stdin and --from-command need --name NAME"))?;
+        if let Some(cmd) = &a.from_command {
+            let src = backup::stream::StreamSource { kind: "command", name };
+            backup::stream::backup_command(&repo, cmd, &src, &opts)
+        } else {
+            let src = backup::stream::StreamSource { kind: "stdin", name };
+            let mut stdin = io::stdin().lock();
+            backup::stream::backup_stream(&repo, &mut stdin, &src, &opts, &mut || Ok(()))
+        }
+    } else {
+        if a.paths.is_empty() {
+            bail!("nothing to back up: give paths, --stdin or --from-command");
+        }
+        backup::fs::backup_paths(&repo, &a.paths, &opts)
+    };
+    drop(bar);
+    let r = result?;
+    for w in &r.warnings {
+        if !ctx.json {
+            eprintln!("warning: {w}");
+        }
+    }
+    print_backup(ctx, &r)?;
+    Ok(if r.snapshot.partial { exit::PARTIAL } else { exit::OK })
+}
+
+fn cmd_snapshots(ctx: &Ctx, f: FilterArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let snaps: Vec<SnapshotEntry> = repo.snapshots()?.into_iter().filter(|e| f.matches(&e.snapshot)).collect();
+    if ctx.json {
+        return ctx.print_json(&Value::Array(snaps.iter().map(snapshot_json).collect())).map(|()| exit::OK);
+    }
+    let rows: Vec<Vec<String>> = snaps
+        .iter()
+        .map(|e| {
+            let s = &e.snapshot;
+            vec![
+                e.id.short(),
+                output::time(s.time_ns),
+                s.host.clone(),
+                s.source_kind.clone(),
+                s.tags.join(","),
+                output::bytes(s.summary.bytes_total),
+                format!("{}{}", s.source_name, if s.partial { " (partial)" } else { "" }),
+            ]
+        })
+        .collect();
+    out(&output::table(&["ID", "Time", "Host", "Kind", "Tags", "Size", "Source"], &rows))?;
+    out(&format!("{} snapshots\n", snaps.len()))?;
+    Ok(exit::OK)
+}
+
+fn locate(repo: &Repository, snap: &SnapshotEntry, path: Option<&str>) -> Result<(Node, String)> {
+    let comps = restore::split_path(path.unwrap_or(""))?;
+    let node = restore::resolve(repo, &snap.snapshot.tree, &comps)?
+        .ok_or_else(|| anyhow!("{} is not in snapshot {}", path.unwrap_or("/"), snap.id.short()))?;
+    let shown = if comps.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{}", comps.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("/"))
+    };
+    Ok((node, shown))
+}
+
+fn cmd_ls(ctx: &Ctx, reference: &str, long: bool, f: FilterArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let (r, path) = split_ref(reference);
+    let snap = find(&repo, r, &f)?;
+    let (node, shown) = locate(&repo, &snap, path)?;
+    let mut items = Vec::new();
+    let mut text = String::new();
+    inspect::walk(&repo, &node, &shown, true, &mut |p, n| {
+        if ctx.json {
+            items.push(node_json(p, n));
+        } else if long {
+            text.push_str(&format!(
+                "{} {:>8} {:>8} {:>12} {} {}{}\n",
+                output::mode(n.kind().letter(), n.mode),
+                if n.user.is_empty() { n.uid.to_string() } else { n.user.clone() },
+                if n.group.is_empty() { n.gid.to_string() } else { n.group.clone() },
+                n.size,
+                output::time(n.mtime_ns),
+                p,
+                if n.kind() == NodeKind::Symlink {
+                    format!(" -> {}", String::from_utf8_lossy(&n.link_target))
+                } else {
+                    String::new()
+                }
+            ));
+        } else {
+            text.push_str(p);
+            text.push('\n');
+        }
+        if text.len() > 1 << 16 {
+            out(&std::mem::take(&mut text)).map_err(|e| hoard_repo::RepoError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    })?;
+    if ctx.json {
+        ctx.print_json(&Value::Array(items))?;
+    } else {
+        out(&text)?;
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_diff(ctx: &Ctx, a: &str, b: &str, f: FilterArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let sa = find(&repo, a, &f)?;
+    let sb = find(&repo, b, &f)?;
+    let (ra, rb) = (restore::root_node(sa.snapshot.tree), restore::root_node(sb.snapshot.tree));
+    let mut items = Vec::new();
+    let (mut added, mut removed, mut modified, mut meta) = (0u64, 0u64, 0u64, 0u64);
+    let mut text = String::new();
+    inspect::diff(&repo, Some(&ra), Some(&rb), "/", &mut |p, c, x, y| {
+        match c {
+            inspect::Change::Added => added += 1,
+            inspect::Change::Removed => removed += 1,
+            inspect::Change::Modified | inspect::Change::TypeChanged => modified += 1,
+            inspect::Change::Metadata => meta += 1,
+        }
+        let dir = x.or(y).is_some_and(|n| n.kind() == NodeKind::Dir);
+        if ctx.json {
+            items.push(json!({"path": p, "change": c.symbol().to_string()}));
+        } else {
+            text.push_str(&format!("{}    {}{}\n", c.symbol(), p, if dir { "/" } else { "" }));
+        }
+    })?;
+    if ctx.json {
+        ctx.print_json(&json!({"a": sa.id.to_hex(), "b": sb.id.to_hex(), "changes": items,
+            "added": added, "removed": removed, "modified": modified, "metadata": meta}))?;
+    } else {
+        out(&text)?;
+        out(&format!("\n{added} added, {removed} removed, {modified} modified, {meta} metadata only\n"))?;
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let (r, path) = split_ref(&a.snapshot);
+    let snap = find(&repo, r, &a.filter)?;
+    let (node, shown) = locate(&repo, &snap, path)?;
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        includes: a.includes,
+        excludes: a.excludes,
+        owners: root && !a.no_owners,
+        sparse: !a.no_sparse,
+        threads: a.threads.max(1),
+        cancel: ctx.cancel.clone(),
+    };
+    if !ctx.quiet && !ctx.json {
+        eprintln!("restoring snapshot {} {} to {}", snap.id.short(), shown, a.target.display());
+    }
+    let s = restore::restore(&repo, &node, &opts)?;
+    for e in &s.errors {
+        eprintln!("error: {e}");
+    }
+    if ctx.json {
+        ctx.print_json(&json!({"snapshot": snap.id.to_hex(), "files": s.files, "dirs": s.dirs, "other": s.other,
+            "bytes": s.bytes, "errors": s.errors}))?;
+    } else if !ctx.quiet {
+        out(&format!(
+            "restored {} files, {} dirs, {} other entries, {}\n",
+            s.files,
+            s.dirs,
+            s.other,
+            output::bytes(s.bytes)
+        ))?;
+    }
+    if !s.errors.is_empty() {
+        eprintln!("{} entries were not restored", s.errors.len());
+        return Ok(exit::PARTIAL);
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_dump(ctx: &Ctx, reference: &str, path: Option<String>, f: FilterArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let (r, inner) = split_ref(reference);
+    let snap = find(&repo, r, &f)?;
+    let path = path.or_else(|| inner.map(String::from));
+    let node = match path.as_deref() {
+        Some(p) => locate(&repo, &snap, Some(p))?.0,
+        None => {
+            let root = repo.load_tree(&snap.snapshot.tree)?;
+            match root.nodes.as_slice() {
+                [only] if only.kind() == NodeKind::File => only.clone(),
+                _ => restore::root_node(snap.snapshot.tree),
+            }
+        }
+    };
+    let stdout = io::stdout();
+    let mut lock = stdout.lock();
+    let r = if node.kind() == NodeKind::File {
+        restore::dump_file(&repo, &node, &mut lock).map(|_| ())
+    } else {
+        restore::dump_tar(&repo, &node, &mut lock)
+    };
+    match r {
+        Err(hoard_repo::RepoError::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => Ok(exit::OK),
+        r => {
+            r?;
+            lock.flush()?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn cmd_stats(ctx: &Ctx, ids: Vec<String>, f: FilterArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let snaps: Vec<SnapshotEntry> = if ids.is_empty() {
+        repo.snapshots()?.into_iter().filter(|e| f.matches(&e.snapshot)).collect()
+    } else {
+        ids.iter().map(|i| find(&repo, i, &f)).collect::<Result<_>>()?
+    };
+    let st = inspect::stats(&repo, &snaps)?;
+    let (blobs, raw, stored) = repo.cache().totals()?;
+    let repo_size: u64 = repo.cache().packs()?.iter().map(|(_, l)| l).sum();
+    let dedup = if st.unique_bytes > 0 { st.logical_bytes as f64 / st.unique_bytes as f64 } else { 0.0 };
+    let compression = if st.stored_bytes > 0 { st.unique_bytes as f64 / st.stored_bytes as f64 } else { 0.0 };
+    if ctx.json {
+        return ctx
+            .print_json(&json!({
+                "snapshots": st.snapshots, "files": st.files, "logical_bytes": st.logical_bytes,
+                "unique_bytes": st.unique_bytes, "stored_bytes": st.stored_bytes, "blobs": st.blobs,
+                "dedup_ratio": dedup, "compression_ratio": compression,
+                "repository": {"blobs": blobs, "raw_bytes": raw, "stored_bytes": stored, "pack_bytes": repo_size},
+            }))
+            .map(|()| exit::OK);
+    }
+    out(&format!(
+        "Snapshots:          {}\nFiles:              {}\nLogical size:       {}\nUnique data:        {} ({} blobs)\n\
+         Stored:             {}\nDedup ratio:        {:.2}x\nCompression ratio:  {:.2}x\nRepository packs:   {}\n",
+        st.snapshots,
+        st.files,
+        output::bytes(st.logical_bytes),
+        output::bytes(st.unique_bytes),
+        st.blobs,
+        output::bytes(st.stored_bytes),
+        dedup,
+        compression,
+        output::bytes(repo_size),
+    ))?;
+    Ok(exit::OK)
+}
+
+fn cmd_check(ctx: &Ctx, read_data: bool, subset: Option<String>) -> Result<i32> {
+    let repo = ctx.open()?;
+    let subset = match (read_data, subset) {
+        (_, Some(s)) => Some(Subset::parse(&s).map_err(|e| anyhow!("--read-data-subset {e}"))?),
+        (true, None) => Some(Subset::All),
+        (false, None) => None,
+    };
+    let r = hoard_repo::check::check(&repo, subset)?;
+    if ctx.json {
+        ctx.print_json(&json!({
+            "ok": r.ok(), "errors": r.errors, "warnings": r.warnings, "snapshots": r.snapshots, "trees": r.trees,
+            "packs": r.packs, "packs_read": r.packs_read, "bytes_read": r.bytes_read,
+            "damaged_packs": r.damaged_packs, "affected_snapshots": r.affected_snapshots,
+            "unindexed_packs": r.unindexed_packs, "unindexed_bytes": r.unindexed_bytes,
+        }))?;
+    } else {
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+        for e in &r.errors {
+            eprintln!("error: {e}");
+        }
+        if !r.damaged_packs.is_empty() {
+            eprintln!("damaged packs:");
+            for (p, why) in &r.damaged_packs {
+                eprintln!("  {p}: {why}");
+            }
+        }
+        if !r.affected_snapshots.is_empty() {
+            eprintln!("snapshots affected: {}", r.affected_snapshots.join(" "));
+        }
+        if !ctx.quiet {
+            out(&format!(
+                "checked {} snapshots, {} trees, {} packs{}: {}\n",
+                r.snapshots,
+                r.trees,
+                r.packs,
+                if subset.is_some() {
+                    format!(" ({} read, {})", r.packs_read, output::bytes(r.bytes_read))
+                } else {
+                    String::new()
+                },
+                if r.ok() { "no errors" } else { "ERRORS FOUND" }
+            ))?;
+        }
+    }
+    Ok(if r.ok() { exit::OK } else { exit::CHECK_FAILED })
+}
+
+fn cmd_key(ctx: &Ctx, k: KeyCmd) -> Result<i32> {
+    let repo = ctx.open()?;
+    let meta = || KeyMeta { created_ns: now_ns(), host: hostname(), user: username() };
+    match k {
+        KeyCmd::List => {
+            let keys = repo.list_keys()?;
+            if ctx.json {
+                ctx.print_json(&Value::Array(
+                    keys.iter()
+                        .map(|k| {
+                            json!({"id": k.name, "current": k.current, "user": k.meta.user, "host": k.meta.host,
+                                         "created": output::rfc3339(k.meta.created_ns)})
+                        })
+                        .collect(),
+                ))?;
+            } else {
+                let rows: Vec<Vec<String>> = keys
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            format!("{}{}", if k.current { "*" } else { " " }, &k.name[..8]),
+                            k.meta.user.clone(),
+                            k.meta.host.clone(),
+                            output::time(k.meta.created_ns),
+                        ]
+                    })
+                    .collect();
+                out(&output::table(&[" ID", "User", "Host", "Created"], &rows))?;
+            }
+        }
+        KeyCmd::Add { new_password_file } => {
+            let pw = password::get_new(new_password_file.as_deref(), false, &ctx.pw)?;
+            let name = repo.add_key(pw.as_bytes(), KdfParams::default(), meta())?;
+            out(&format!("added key {}\n", &name[..8]))?;
+        }
+        KeyCmd::Remove { id } => {
+            let name = repo.remove_key(&id)?;
+            out(&format!("removed key {}\n", &name[..8]))?;
+        }
+        KeyCmd::Passwd { new_password_file } => {
+            let pw = password::get_new(new_password_file.as_deref(), false, &ctx.pw)?;
+            let name = repo.add_key(pw.as_bytes(), KdfParams::default(), meta())?;
+            repo.storage().delete(hoard_core::format::ObjectKind::Key, repo.key_name())?;
+            out(&format!("password changed: new key {}, removed key {}\n", &name[..8], &repo.key_name()[..8]))?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_repair(ctx: &Ctx, r: RepairCmd) -> Result<i32> {
+    let repo = ctx.open()?;
+    match r {
+        RepairCmd::Index => {
+            let rep = inspect::repair_index(&repo)?;
+            for u in &rep.unreadable {
+                eprintln!("warning: {u} (left out of the index)");
+            }
+            if ctx.json {
+                ctx.print_json(&json!({"packs": rep.packs, "blobs": rep.blobs, "unreadable": rep.unreadable, "old_segments": rep.old_segments}))?;
+            } else {
+                out(&format!(
+                    "index rebuilt from {} packs ({} blobs), replacing {} index segments\n",
+                    rep.packs, rep.blobs, rep.old_segments
+                ))?;
+            }
+            Ok(if rep.unreadable.is_empty() { exit::OK } else { exit::PARTIAL })
+        }
+    }
+}
+
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    if SIGNALLED.swap(true, Ordering::SeqCst) {
+        // Second signal: the user insists.
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(exit::INTERRUPTED) };
+    }
+}
+
+fn install_signals(cancel: Arc<AtomicBool>) {
+    // SAFETY: the handler only touches an atomic and calls _exit.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    std::thread::spawn(move || loop {
+        if SIGNALLED.load(Ordering::Relaxed) {
+            cancel.store(true, Ordering::Relaxed);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    });
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(io::stderr)
+        .without_time()
+        .init();
+    let cancel = Arc::new(AtomicBool::new(false));
+    install_signals(cancel.clone());
+    let ctx = Ctx {
+        cli_repo: cli.repo,
+        pw: password::Source { file: cli.password_file, command: cli.password_command },
+        cache_dir: cli.cache_dir.unwrap_or_else(default_cache),
+        json: cli.json,
+        quiet: cli.quiet,
+        progress: !cli.no_progress && !cli.quiet && !cli.json && io::IsTerminal::is_terminal(&io::stderr()),
+        cancel,
+    };
+    match cli.command {
+        Cmd::Init(a) => cmd_init(&ctx, a),
+        Cmd::Backup(a) => cmd_backup(&ctx, a),
+        Cmd::Snapshots(f) => cmd_snapshots(&ctx, f),
+        Cmd::Ls { snapshot, long, filter } => cmd_ls(&ctx, &snapshot, long, filter),
+        Cmd::Diff { a, b, filter } => cmd_diff(&ctx, &a, &b, filter),
+        Cmd::Restore(a) => cmd_restore(&ctx, a),
+        Cmd::Dump { snapshot, path, filter } => cmd_dump(&ctx, &snapshot, path, filter),
+        Cmd::Stats { snapshots, filter } => cmd_stats(&ctx, snapshots, filter),
+        Cmd::Check { read_data, read_data_subset } => cmd_check(&ctx, read_data, read_data_subset),
+        Cmd::Key(k) => cmd_key(&ctx, k),
+        Cmd::Repair(r) => cmd_repair(&ctx, r),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = exit::code(&e);
+            eprintln!("hoard: {e:#}");
+            code
+        }
+    };
+    std::process::exit(code);
+}
