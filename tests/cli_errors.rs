@@ -1,0 +1,146 @@
+//! Bad input gets a clear message, a distinct exit code, and changes nothing.
+
+use std::fs;
+
+use crate::util::*;
+
+fn listing(env: &Env) -> Vec<(std::path::PathBuf, u64)> {
+    walk(&env.repo)
+        .into_iter()
+        .map(|p| {
+            let m = fs::symlink_metadata(&p).unwrap();
+            (p, if m.is_file() { m.len() } else { 0 })
+        })
+        .collect()
+}
+
+#[test]
+fn wrong_password() {
+    let env = Env::new();
+    let before = listing(&env);
+    let o = env.cmd(&["snapshots"]).env("HOARD_PASSWORD", "wrong").output().unwrap();
+    assert_eq!(o.status.code(), Some(12));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("password does not open"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = env.cmd(&["backup", "/etc/hostname"]).env("HOARD_PASSWORD", "wrong").output().unwrap();
+    assert_eq!(o.status.code(), Some(12));
+    assert_eq!(listing(&env), before, "a failed unlock wrote to the repository");
+}
+
+#[test]
+fn missing_repository() {
+    let env = Env::bare();
+    let o = env.run(&["snapshots"]);
+    assert_eq!(o.status.code(), Some(10));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no hoard repository") && err.contains("hoard init"), "{err}");
+    assert!(!env.repo.exists());
+}
+
+#[test]
+fn repository_of_an_unknown_format_version() {
+    let env = Env::new();
+    let cfg = env.repo.join("config");
+    let mut b = fs::read(&cfg).unwrap();
+    b[8..12].copy_from_slice(&99u32.to_le_bytes());
+    fs::write(&cfg, &b).unwrap();
+    let before = listing(&env);
+    let o = env.cmd(&["backup", "/etc/hostname"]).env_remove("HOARD_PASSWORD").output().unwrap();
+    assert_eq!(o.status.code(), Some(13), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("format version 99") && err.contains("upgrade"), "{err}");
+    assert_eq!(listing(&env), before);
+}
+
+#[test]
+fn repository_path_is_a_file() {
+    let env = Env::bare();
+    fs::write(&env.repo, b"not a repository").unwrap();
+    let o = env.run(&["snapshots"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is a file"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = env.run(&["init"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(fs::read(&env.repo).unwrap(), b"not a repository");
+}
+
+#[test]
+fn init_refuses_an_existing_repository() {
+    let env = Env::new();
+    let before = listing(&env);
+    let o = env.run(&["init"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    assert_eq!(listing(&env), before);
+}
+
+#[test]
+fn unknown_snapshot_and_usage_errors() {
+    let env = Env::new();
+    let o = env.run(&["ls", "deadbeef"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no snapshot matches"));
+    let o = env.run(&["backup", "--no-such-flag"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn interrupted_backup_exits_130_and_commits_nothing() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..30 {
+        fs::write(src.join(format!("f{i}")), noise(i, 4 << 20)).unwrap();
+    }
+    let child = env.cmd(&["backup", src.to_str().unwrap()]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted; nothing was committed"));
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0);
+    env.ok(&["check"]);
+}
+
+/// A repository on a tiny filesystem: running out of space is reported as such and leaves no
+/// snapshot behind. Needs mount(2) (root); outside CI it says why it does not run.
+#[test]
+fn a_full_disk_is_reported_and_commits_nothing() {
+    let env = Env::bare();
+    let mnt = env.path("small");
+    fs::create_dir_all(&mnt).unwrap();
+    let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"]).arg(&mnt).status();
+    if !st.is_ok_and(|s| s.success()) {
+        assert!(std::env::var("CI").is_err(), "CI must be able to mount a small tmpfs for this test");
+        eprintln!("not run: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let repo = mnt.join("repo");
+    let run = |args: &[&str]| env.cmd(args).env("HOARD_REPOSITORY", &repo).output().unwrap();
+    assert!(run(&["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]).status.success());
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("small"), b"fits").unwrap();
+    assert!(run(&["backup", src.to_str().unwrap()]).status.success());
+    for i in 0..5 {
+        fs::write(src.join(format!("big{i}")), noise(i, 4 << 20)).unwrap();
+    }
+    let o = run(&["backup", src.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(15), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no space left"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = env.cmd(&["--json", "snapshots"]).env("HOARD_REPOSITORY", &repo).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "only the first snapshot exists");
+    assert!(run(&["check"]).status.success());
+}
