@@ -1,0 +1,70 @@
+//! `cargo xtask`: hoard's automation, a small hand-written dispatcher in rust-analyzer's xtask style.
+//!
+//! `cargo xtask` is an alias (see `.cargo/config.toml`) for `cargo run --quiet --package xtask --`.
+//! Every subcommand runs from the workspace root, whatever directory it was started from.
+
+mod ci;
+mod cmd;
+mod deps;
+mod fuzz;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::bail;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  ci [--skip STEP]...      run the whole test suite, as CI does (steps: deps, fmt, layering,
+                           clippy, test, doc, fuzz; HOARD_CI_FUZZ=0 leaves out fuzz)
+  deps [--check] [--list] [GROUP]...
+                           install what the test suite needs (default: every group);
+                           --check only probes, --list shows the groups
+  fuzz [args]              the fuzz targets (`cargo xtask fuzz --smoke --seconds 10` in CI)
+  help                     this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = std::env::set_current_dir(project_root()) {
+        eprintln!("xtask: cannot enter the workspace root {}: {e}", project_root().display());
+        return ExitCode::FAILURE;
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        bail!("no command given");
+    };
+    match command.as_str() {
+        "ci" => ci::run(rest),
+        "deps" => deps::run(rest),
+        "fuzz" => fuzz::run(rest),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprint!("{USAGE}");
+            bail!("unknown command `{other}`")
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+pub(crate) fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
