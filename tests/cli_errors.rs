@@ -139,6 +139,14 @@ fn a_full_disk_is_reported_and_commits_nothing() {
     let o = run(&["backup", src.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(15), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no space left"), "{}", String::from_utf8_lossy(&o.stderr));
+    // One file much larger than a pack: the disk fills while the reader is still cutting it,
+    // and the reader's early stop must not hide why (regression: this exited 1).
+    let big = env.path("big");
+    fs::create_dir_all(&big).unwrap();
+    fs::write(big.join("huge"), noise(9, 160 << 20)).unwrap();
+    let o = run(&["backup", big.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(15), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no space left"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = env.cmd(&["--json", "snapshots"]).env("HOARD_REPOSITORY", &repo).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1, "only the first snapshot exists");

@@ -57,6 +57,12 @@ pub struct Packer<'r> {
 impl<'r> Packer<'r> {
     /// Runs `f` with a packer, then flushes every open pack, waits for all uploads and writes
     /// the last index segment. Returns `f`'s result only when all of that succeeded.
+    ///
+    /// When `f` fails, open packs are dropped rather than uploaded (nothing will reference
+    /// them), but packs already in storage still get an index segment, so the next backup finds
+    /// their blobs and does not upload them again. When an upload failed, that error is
+    /// returned whatever `f` returned: workers stop early once an upload fails, so it is the
+    /// cause of their failure (a full disk must be reported as a full disk).
     pub fn run<T>(
         repo: &'r Repository,
         uploaders: usize,
@@ -86,19 +92,25 @@ impl<'r> Packer<'r> {
                 s.spawn(move || p.upload_loop(rx));
             }
             drop(rx);
-            let r = f(&packer);
-            let flushed = packer.flush();
+            let r = f(&packer).and_then(|t| packer.flush().map(|()| t));
             *packer.tx.lock().unwrap() = None;
-            r.and_then(|t| flushed.map(|()| t))
+            r
         });
-        let result = result.and_then(|t| {
-            if let Some(e) = packer.error.lock().unwrap().take() {
-                return Err(e);
+        // Every uploader has stopped here.
+        let upload_error = packer.error.lock().unwrap().take();
+        let rest = std::mem::take(&mut *packer.uploaded.lock().unwrap());
+        let result = match (result, upload_error) {
+            (Ok(t), None) => packer.write_segment(rest).map(|()| t),
+            (result, upload_error) => {
+                if let Err(e) = packer.write_segment(rest) {
+                    tracing::warn!("could not index the packs this failed backup uploaded: {e}");
+                }
+                match upload_error {
+                    Some(e) => Err(e),
+                    None => result,
+                }
             }
-            let rest = std::mem::take(&mut *packer.uploaded.lock().unwrap());
-            packer.write_segment(rest)?;
-            Ok(t)
-        });
+        };
         let stats = packer.stats();
         result.map(|t| (t, stats))
     }
@@ -146,7 +158,7 @@ impl<'r> Packer<'r> {
         self.blobs_new.fetch_add(1, Relaxed);
         self.bytes_new.fetch_add(plaintext.len() as u64, Relaxed);
         self.bytes_stored.fetch_add(stored as u64, Relaxed);
-        if b.size() >= self.target {
+        if b.is_full(self.target) {
             self.send(b.finish())?;
         } else {
             pool.lock().unwrap().push(b);

@@ -27,8 +27,14 @@ const HEADER_NONCE: u32 = u32::MAX;
 const HEADER_ALIGN: usize = 4096;
 /// Bytes of the trailer that gives the header's length.
 pub const TRAILER_LEN: usize = 4;
-/// Largest header any pack may have (about 80,000 entries).
+/// Largest header any pack may have.
 pub const MAX_HEADER: usize = 8 << 20;
+
+/// Most blobs a writer puts in one pack. An entry encodes to at most 59 bytes (1 + 32 + three
+/// 5-byte and one 10-byte varint + 1), so 100,000 entries stay under [`MAX_HEADER`] however
+/// small the blobs are; a pack of many tiny blobs is finished at this count before it reaches
+/// its target size.
+pub const MAX_ENTRIES: usize = 100_000;
 /// Smallest encoded entry: type, id, four one-byte varints (offset, length, raw_len, nonce)
 /// and flags.
 const MIN_ENTRY: usize = 1 + 32 + 4 + 1;
@@ -139,6 +145,11 @@ impl PackBuilder {
 
     pub fn len(&self) -> usize {
         self.blobs.len()
+    }
+
+    /// True once the pack has reached `target` bytes or [`MAX_ENTRIES`] blobs.
+    pub fn is_full(&self, target: usize) -> bool {
+        self.size >= target || self.blobs.len() >= MAX_ENTRIES
     }
 
     /// Compresses (at `level`, unless that does not shrink it) and encrypts one blob.
@@ -325,6 +336,25 @@ mod tests {
         let mut bad = bytes[e.offset as usize..][..e.length as usize].to_vec();
         bad[3] ^= 0x40;
         assert!(open_blob(&k, &id, &e, &bad).is_err());
+    }
+
+    #[test]
+    fn a_pack_of_max_entries_tiny_blobs_fits_its_header_limit() {
+        // Regression: only the byte target ended a pack, so a backup of very many tiny files
+        // wrote a header larger than MAX_HEADER that no reader would accept.
+        let k = MasterKey::generate().keys();
+        let mut b = PackBuilder::new(&k);
+        for i in 0..MAX_ENTRIES as u32 {
+            assert!(!b.is_full(16 << 20));
+            let x = i.to_le_bytes();
+            b.add(BlobType::Data, k.blob_id(&x), &x, 3);
+        }
+        assert!(b.is_full(16 << 20));
+        let id = b.id();
+        let p = b.finish();
+        let bytes: Vec<u8> = p.pieces.concat();
+        let entries = decode_header(&k, &id, &bytes, p.len).unwrap();
+        assert_eq!(entries.len(), MAX_ENTRIES);
     }
 
     #[test]
