@@ -897,7 +897,7 @@ fn cmd_key(ctx: &Ctx, k: KeyCmd) -> Result<i32> {
                     keys.iter()
                         .map(|k| {
                             json!({"id": k.name, "current": k.current, "user": k.meta.user, "host": k.meta.host,
-                                         "created": output::rfc3339(k.meta.created_ns)})
+                                         "created": output::rfc3339(k.meta.created_ns), "error": k.problem})
                         })
                         .collect(),
                 ))?;
@@ -909,7 +909,10 @@ fn cmd_key(ctx: &Ctx, k: KeyCmd) -> Result<i32> {
                             format!("{}{}", if k.current { "*" } else { " " }, &k.name[..8]),
                             k.meta.user.clone(),
                             k.meta.host.clone(),
-                            output::time(k.meta.created_ns),
+                            match &k.problem {
+                                None => output::time(k.meta.created_ns),
+                                Some(p) => format!("unreadable: {p}"),
+                            },
                         ]
                     })
                     .collect();
@@ -927,9 +930,8 @@ fn cmd_key(ctx: &Ctx, k: KeyCmd) -> Result<i32> {
         }
         KeyCmd::Passwd { new_password_file } => {
             let pw = password::get_new(new_password_file.as_deref(), false, &ctx.pw)?;
-            let name = repo.add_key(pw.as_bytes(), KdfParams::default(), meta())?;
-            repo.storage().delete(hoard_core::format::ObjectKind::Key, repo.key_name())?;
-            out(&format!("password changed: new key {}, removed key {}\n", &name[..8], &repo.key_name()[..8]))?;
+            let (new, old) = repo.change_password(pw.as_bytes(), KdfParams::default(), meta())?;
+            out(&format!("password changed: new key {}, removed key {}\n", &new[..8], &old[..8]))?;
         }
     }
     Ok(exit::OK)

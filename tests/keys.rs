@@ -63,3 +63,36 @@ fn password_from_file_and_command() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("HOARD_PASSWORD"));
 }
+
+/// A key file copied in from another repository that opens with the same password must not stop
+/// this repository's own key from opening it; a malformed key file is listed and removable.
+#[test]
+fn foreign_and_malformed_key_files_do_not_lock_users_out() {
+    let env = Env::new();
+    env.backup(&["/etc/hostname"]);
+    let other = Env::new();
+    let foreign = std::fs::read_dir(other.repo.join("keys")).unwrap().next().unwrap().unwrap().path();
+    // Names sort before the repository's own key, so they are tried first.
+    std::fs::copy(&foreign, env.repo.join("keys").join("0".repeat(64))).unwrap();
+    std::fs::write(env.repo.join("keys").join(format!("{}1", "0".repeat(63))), b"HRDKEY not really").unwrap();
+    let o = env.run(&["--json", "snapshots"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().unwrap().len(), 1);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("belongs to another repository"));
+
+    let keys = env.json(&["key", "list"]);
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 3);
+    let bad = keys.iter().find(|k| !k["error"].is_null()).expect("the malformed key is listed with its error");
+    env.ok(&["key", "remove", bad["id"].as_str().unwrap()]);
+    env.ok(&["key", "remove", &"0".repeat(64)]);
+    assert_eq!(env.json(&["key", "list"]).as_array().unwrap().len(), 1);
+
+    // Only the foreign key left that opens with the password: a clear error, not "wrong password".
+    let lone = Env::new();
+    std::fs::remove_file(std::fs::read_dir(lone.repo.join("keys")).unwrap().next().unwrap().unwrap().path()).unwrap();
+    std::fs::copy(&foreign, lone.repo.join("keys").join("0".repeat(64))).unwrap();
+    let o = lone.run(&["snapshots"]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("copied from another repository"));
+}

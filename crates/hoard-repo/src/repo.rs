@@ -66,6 +66,8 @@ pub struct KeyInfo {
     pub name: String,
     pub meta: KeyMeta,
     pub current: bool,
+    /// Why the key file cannot be read, when it cannot.
+    pub problem: Option<String>,
 }
 
 fn cache_path(cache_root: &Path, id: &Id) -> PathBuf {
@@ -133,6 +135,9 @@ impl Repository {
         let mut names: Vec<String> = storage.list(ObjectKind::Key)?.into_iter().map(|k| k.name).collect();
         names.sort();
         let mut opened = None;
+        // A key that opens with the password but not this repository's config: a key file
+        // copied from another repository (tried past), or a damaged config (reported).
+        let mut mismatch = None;
         for name in names {
             let bytes = storage.read(ObjectKind::Key, &name)?;
             let kf = match KeyFile::decode(&bytes) {
@@ -143,17 +148,34 @@ impl Repository {
                 }
             };
             match kf.open(password) {
-                Ok((master, _)) => {
-                    opened = Some((name, master));
-                    break;
+                Ok((master, key_repo)) => {
+                    let keys = master.keys();
+                    match Config::decode(&config_bytes, &keys) {
+                        Ok(config) if config.id == key_repo => {
+                            opened = Some((name, master, keys, config));
+                            break;
+                        }
+                        Ok(_) | Err(_) => {
+                            tracing::warn!("key {name} opens with this password but belongs to another repository");
+                            mismatch = Some(name);
+                        }
+                    }
                 }
                 Err(hoard_core::Error::WrongPassword) => continue,
                 Err(e) => tracing::warn!("key {name}: {e}"),
             }
         }
-        let (key_name, master) = opened.ok_or_else(|| RepoError::WrongPassword(storage.location()))?;
-        let keys = master.keys();
-        let config = Config::decode(&config_bytes, &keys).map_err(|e| RepoError::core("the repository config", e))?;
+        let (key_name, master, keys, config) = match (opened, mismatch) {
+            (Some(o), _) => o,
+            (None, Some(name)) => {
+                return Err(RepoError::Invalid(format!(
+                    "key {name} at {} opens with this password, but the repository config does not \
+                     authenticate under it: the key was copied from another repository, or the config is damaged",
+                    storage.location()
+                )))
+            }
+            (None, None) => return Err(RepoError::WrongPassword(storage.location())),
+        };
         let cache = IndexCache::open(&cache_path(cache_root, &config.id), &config.id)?;
         let repo = Repository { storage, config, master, keys, key_name, cache: Mutex::new(cache) };
         repo.sync_index()?;
@@ -378,8 +400,12 @@ impl Repository {
         let mut out = Vec::new();
         for o in self.storage.list(ObjectKind::Key)? {
             let b = self.storage.read(ObjectKind::Key, &o.name)?;
-            let kf = KeyFile::decode(&b).map_err(|e| RepoError::core(format!("key {}", o.name), e))?;
-            out.push(KeyInfo { current: o.name == self.key_name, name: o.name, meta: kf.meta });
+            // A malformed key is listed, not fatal, so that `key remove` can get rid of it.
+            let (meta, problem) = match KeyFile::decode(&b) {
+                Ok(kf) => (kf.meta, None),
+                Err(e) => (KeyMeta::default(), Some(e.to_string())),
+            };
+            out.push(KeyInfo { current: o.name == self.key_name, name: o.name, meta, problem });
         }
         out.sort_by_key(|k| k.meta.created_ns);
         Ok(out)
@@ -393,6 +419,15 @@ impl Repository {
         let name = Id::random().to_hex();
         self.storage.create(ObjectKind::Key, &name, &[Bytes::from(bytes)])?;
         Ok(name)
+    }
+
+    /// Changes the password of the key this repository was unlocked with: writes a new key file
+    /// for `password` first, then deletes the old one, so a crash in between leaves both keys
+    /// working and never none. Returns the new key's name and the old one's.
+    pub fn change_password(&self, password: &[u8], kdf: KdfParams, meta: KeyMeta) -> Result<(String, String)> {
+        let name = self.add_key(password, kdf, meta)?;
+        self.storage.delete(ObjectKind::Key, &self.key_name)?;
+        Ok((name, self.key_name.clone()))
     }
 
     /// Removes a key by name (or unique prefix). The key in use cannot be removed.

@@ -20,7 +20,7 @@ pub const MAGIC: &[u8; 8] = b"HRDKEY\0\0";
 const VERSION: u32 = 1;
 
 /// Who made a key and when; shown by `hoard key list`, authenticated but not secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyMeta {
     pub created_ns: i64,
     pub host: String,
