@@ -234,15 +234,26 @@ fn read_pack(repo: &Repository, id: &Id, len: u64, entries: &[PackEntry]) -> (Op
     };
     let mut problems = Vec::new();
     let mut bad = Vec::new();
-    let in_header: HashSet<(Id, u64)> = header.iter().map(|e| (e.id, e.offset)).collect();
+    let in_header: HashMap<(Id, u64), &PackEntry> = header.iter().map(|e| ((e.id, e.offset), e)).collect();
     for e in entries {
-        if !in_header.contains(&(e.id, e.offset)) {
+        // The index is only as trustworthy as the segment it came from: compare it with the
+        // authenticated header and slice by bounds that were checked, never by its lengths.
+        let Some(&h) = in_header.get(&(e.id, e.offset)) else {
             problems.push(format!("blob {} is in the index but not in the pack header", e.id.short()));
             bad.push(e.id);
             continue;
+        };
+        if h != e {
+            problems.push(format!("blob {}: the index entry differs from the pack header", e.id.short()));
+            bad.push(e.id);
+            continue;
         }
-        let stored = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-        if let Err(err) = pack::open_blob(repo.keys(), id, e, stored) {
+        let Some(stored) = usize::try_from(h.offset).ok().and_then(|o| bytes.get(o..)?.get(..h.length as usize)) else {
+            problems.push(format!("blob {} lies outside the pack", e.id.short()));
+            bad.push(e.id);
+            continue;
+        };
+        if let Err(err) = pack::open_blob(repo.keys(), id, h, stored) {
             problems.push(format!("blob {}: {err}", e.id.short()));
             bad.push(e.id);
         }
@@ -331,4 +342,38 @@ pub fn pack_header(repo: &Repository, id: &Id, len: u64) -> Result<Vec<PackEntry
         if span > tail.len() { read_tail(&**repo.storage(), ObjectKind::Pack, &name, len, span as u64)? } else { tail };
     pack::decode_header(repo.keys(), id, &tail, len)
         .map_err(|e| crate::error::RepoError::core(format!("pack {name}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hoard_core::KdfParams;
+    use hoard_storage::MemoryStorage;
+
+    use super::*;
+    use crate::backup::stream::{backup_stream, StreamSource};
+    use crate::backup::BackupOptions;
+    use crate::InitOptions;
+
+    #[test]
+    fn an_index_entry_that_disagrees_with_the_pack_is_reported_not_sliced() {
+        // Regression: read_pack sliced the pack by the index's length, so an index entry longer
+        // than the pack panicked `check --read-data` instead of reporting it.
+        let tmp = tempfile::tempdir().unwrap();
+        let opts =
+            InitOptions { kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }, ..Default::default() };
+        let repo = Repository::init(Arc::new(MemoryStorage::new()), b"pw", opts, tmp.path()).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let src = StreamSource { kind: "stdin", name: "x" };
+        backup_stream(&repo, &mut data.as_slice(), &src, &BackupOptions::default(), &mut || Ok(())).unwrap();
+        let (pack, len) = repo.cache().packs().unwrap()[0];
+        let good = repo.cache().pack_entries(&pack).unwrap();
+        assert_eq!(read_pack(&repo, &pack, len, &good), (None, vec![]));
+        let mut bad = good.clone();
+        bad[0].length = u32::MAX;
+        let (problem, damaged) = read_pack(&repo, &pack, len, &bad);
+        assert!(problem.unwrap().contains("differs from the pack header"));
+        assert_eq!(damaged, vec![bad[0].id]);
+    }
 }
