@@ -1,4 +1,4 @@
-//! Exit codes. Scripts depend on these; docs/USAGE.md lists them. They follow restic's where
+//! Exit codes. Scripts depend on these; README.md lists them. They follow restic's where
 //! restic has one (3, 10, 11, 12, 130).
 
 use hoard_repo::RepoError;

@@ -1,6 +1,7 @@
 //! Padmé padding (Nikitin et al., "Reducing Metadata Leakage from Encrypted Files and
 //! Communication with PURBs", 2019): rounds a length up so that only O(log log n) bits of it
-//! remain visible, at most about 12% overhead for tiny objects and under 3% for 16 MiB packs.
+//! remain visible, at most 12.5% overhead for small objects and at most 1/32 (3.1%) for objects of 1 MiB to
+//! 2^40 bytes, such as packs.
 
 /// The padded length for an object of `len` bytes.
 pub fn padme(len: u64) -> u64 {
@@ -20,10 +21,16 @@ mod tests {
 
     #[test]
     fn padme_bounds() {
-        for len in [0u64, 1, 2, 3, 100, 1000, 4097, 1 << 20, 16 << 20, (16 << 20) + 12345, 1 << 40] {
+        // The bounds the module documentation states, over every length up to 64 KiB and a
+        // sweep of larger ones.
+        let larger = (16..62).flat_map(|e| [(1u64 << e) + 1, (3u64 << (e - 1)) + 7, (2u64 << e) - 1]);
+        for len in (0..65_536u64).chain(larger) {
             let p = padme(len);
             assert!(p >= len);
-            assert!(p as f64 <= len as f64 * 1.12 + 1.0, "{len} -> {p}");
+            assert!((p - len) * 8 <= len, "{len} -> {p}: more than 12.5%");
+            if ((1 << 20)..(1 << 40)).contains(&len) {
+                assert!((p - len) * 32 <= len, "{len} -> {p}: more than 1/32");
+            }
         }
         // 16 MiB + 1 rounds to the next 512 KiB step.
         assert_eq!(padme((16 << 20) + 1), (16 << 20) + (512 << 10));

@@ -1,9 +1,11 @@
 //! A hoard repository: keys and config, packs and index, snapshots; and the operations on it:
 //! backup (file trees, tar streams, byte streams), restore, check, and inspection.
 //!
-//! **API Boundary:** the binary talks to hoard only through this crate. Nothing here knows
-//! about the command line, the terminal or config files; progress is exposed as counters and
-//! results as plain structs.
+//! **API Boundary:** every operation on a repository goes through this crate; the binary also
+//! names `hoard_core` data types (nodes, snapshots, parameters) and picks a `hoard_storage`
+//! backend, but never reads or writes repository objects itself. Nothing here knows about the
+//! command line, the terminal or config files; progress is exposed as counters and results as
+//! plain structs.
 
 pub mod backup;
 pub mod check;

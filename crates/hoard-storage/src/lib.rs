@@ -42,8 +42,9 @@ pub const CONFIG_NAME: &str = "config";
 ///   that `create` has not finished.
 /// - **Delete** of an absent object is [`ErrorKind::NotFound`]; callers that do not care
 ///   ignore it.
-/// - Errors say whether retrying can help ([`StorageError::is_temporary`]); backends retry
-///   temporary failures themselves before giving up.
+/// - Errors say whether retrying can help ([`StorageError::is_temporary`]). A backend whose
+///   failures can be temporary (network storage) retries them itself, bounded, before giving
+///   up; the local and in-memory backends have none to retry.
 pub trait Storage: Send + Sync {
     /// Where this is, for messages ("/srv/backup", "s3:https://host/bucket/prefix").
     fn location(&self) -> String;

@@ -11,8 +11,10 @@ pub mod tree;
 
 use crate::error::{malformed, Result};
 
-/// The kinds of object a repository stores. The value is bound into every object's encryption,
-/// so storage cannot pass one kind off as another.
+/// The kinds of object a repository stores. Index segments and snapshots bind their kind and
+/// name into their encryption ([`object`]), packs bind their name into the header and each
+/// blob's type and id into the blob, the config is MACed and key files are sealed with their
+/// own header as associated data, so storage cannot pass one object off as another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum ObjectKind {
