@@ -4,7 +4,8 @@
 //!
 //! A failure means the bytes hoard writes or reads changed. If that is intended, bump
 //! `hoard_core::FORMAT_VERSION` and regenerate with
-//! `HOARD_BLESS=1 cargo test -p hoard-core --test golden`.
+//! `HOARD_BLESS=1 cargo test -p hoard-core --test golden`. Blessing refuses to change the
+//! vectors of a version that is already recorded, so a format change cannot land without a bump.
 //!
 //! Blessing rewrites the deterministic vector files and writes the random samples of the current
 //! format version (`tests/vectors/samples/v{FORMAT_VERSION}/`) only when that directory does not
@@ -156,6 +157,19 @@ fn check(file: &str, fresh: Value) {
     assert_eq!(fresh["format_version"], json!(FORMAT_VERSION));
     let path = vectors_dir().join(file);
     if blessing() {
+        // Blessing must not launder a format change: vectors recorded for the current version
+        // may only be rewritten with identical content. A change needs FORMAT_VERSION bumped.
+        if path.exists() {
+            let committed = read_json(&path);
+            if recorded_version(file, &committed) == u64::from(FORMAT_VERSION) {
+                if let Some(d) = first_difference("", &committed, &fresh) {
+                    panic!(
+                        "refusing to bless {file}: its vectors changed but FORMAT_VERSION is still \
+                         {FORMAT_VERSION}; bump it first (first difference at {d})"
+                    );
+                }
+            }
+        }
         write_json(&path, &fresh);
         eprintln!("blessed {}", path.display());
         return;
