@@ -262,6 +262,18 @@ impl Repository {
         Ok(name)
     }
 
+    /// Deletes a snapshot object (`hoard forget`). Its data stays until a prune finds it
+    /// unreferenced. Deleting a snapshot that is already gone is not an error.
+    pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
+        match self.storage.delete(ObjectKind::Snapshot, &id.to_hex()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.cache().remove_snapshot(&id.to_hex())?;
+        Ok(())
+    }
+
     fn open_snapshot(&self, name: &str, sealed: &[u8]) -> Result<Snapshot> {
         let id = Id::from_hex(name).map_err(|e| RepoError::core("snapshot name", e))?;
         let body = object::open(&self.keys, ObjectKind::Snapshot, &id, sealed)
