@@ -22,4 +22,8 @@ pub use keys::{KdfParams, Keys, MasterKey};
 
 /// The repository format version this build writes. Bump it (and add a golden vector set)
 /// whenever any encoding in [`mod@format`] changes.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Versions: 1, the first; 2 adds locks with the markers a session has seen, and condemnation
+/// markers (`condemned/`), so that prune and backups can run at once. A version-1 build does
+/// not honour condemnation markers, so `prune` refuses to run on a version-1 repository.
+pub const FORMAT_VERSION: u32 = 2;

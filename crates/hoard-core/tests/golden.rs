@@ -19,6 +19,7 @@ use hoard_core::codec::{Reader, Writer};
 use hoard_core::format::config::Config;
 use hoard_core::format::index::{IndexPack, IndexSegment};
 use hoard_core::format::keyfile::{KeyFile, KeyMeta};
+use hoard_core::format::lock::{Condemned, Lock, LockKind};
 use hoard_core::format::pack::{decode_header, open_blob, PackBuilder, PackEntry};
 use hoard_core::format::snapshot::{Snapshot, Summary};
 use hoard_core::format::tree::{decode_list, encode_list, Content, Node, NodeKind, Tree};
@@ -510,6 +511,18 @@ fn golden_index() -> IndexSegment {
     }
 }
 
+fn golden_lock() -> Lock {
+    Lock {
+        kind: LockKind::Backup,
+        session: id("golden session"),
+        seq: 2,
+        host: "db1.example".into(),
+        pid: 31337,
+        start_ns: 1_795_000_000_123_456_789,
+        seen: Some(vec![id("marker one")]),
+    }
+}
+
 fn golden_config() -> Config {
     Config::new(id("golden repository"))
 }
@@ -574,6 +587,12 @@ fn encodings() {
     let index = golden_index();
     let index_bytes = index.encode();
     assert_eq!(IndexSegment::decode(&index_bytes).unwrap(), index);
+    let lock = golden_lock();
+    let lock_bytes = lock.encode();
+    assert_eq!(Lock::decode(&lock_bytes).unwrap(), lock);
+    let condemned = Condemned { packs: vec![id("condemned pack a"), id("condemned pack b")] };
+    let condemned_bytes = condemned.encode();
+    assert_eq!(Condemned::decode(&condemned_bytes).unwrap(), condemned);
     let mut configs = Vec::new();
     for c in [golden_config(), custom_config()] {
         let b = c.encode(&keys);
@@ -589,7 +608,8 @@ fn encodings() {
     for (kind, body) in [
         (ObjectKind::Snapshot, snap_bytes.clone()),
         (ObjectKind::Index, index_bytes.clone()),
-        (ObjectKind::Lock, Vec::new()),
+        (ObjectKind::Lock, lock_bytes.clone()),
+        (ObjectKind::Condemned, condemned_bytes.clone()),
     ] {
         let sealed = object::seal(&keys, kind, &name, &body, 0);
         assert_eq!(object::open(&keys, kind, &name, &sealed).unwrap(), body);
@@ -604,6 +624,8 @@ fn encodings() {
         "chunk_list": hex::encode(&list_bytes),
         "snapshot": hex::encode(&snap_bytes),
         "index_segment": hex::encode(&index_bytes),
+        "lock": hex::encode(&lock_bytes),
+        "condemned": hex::encode(&condemned_bytes),
         "config": configs,
         "object": objects,
     });
@@ -616,6 +638,8 @@ fn encodings() {
         assert_eq!(decode_list(&hex_field(&c, "chunk_list")).unwrap(), list);
         assert_eq!(Snapshot::decode(&hex_field(&c, "snapshot")).unwrap(), snap);
         assert_eq!(IndexSegment::decode(&hex_field(&c, "index_segment")).unwrap(), index);
+        assert_eq!(Lock::decode(&hex_field(&c, "lock")).unwrap(), lock);
+        assert_eq!(Condemned::decode(&hex_field(&c, "condemned")).unwrap(), condemned);
         let cfg = &c["config"][0];
         assert_eq!(Config::decode(&hex_field(cfg, "encoded"), &keys).unwrap(), golden_config());
         let obj = &c["object"][0];

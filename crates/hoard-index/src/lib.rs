@@ -16,7 +16,7 @@ use hoard_core::Id;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Bump when the tables change: older caches are then rebuilt from the repository.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -37,6 +37,18 @@ pub struct BlobLocation {
     pub entry: PackEntry,
 }
 
+/// How much of one pack is in use (see [`IndexCache::pack_usage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackUsage {
+    pub pack: Id,
+    pub len: u64,
+    pub blobs: u64,
+    /// Sealed bytes of all its blobs.
+    pub blob_bytes: u64,
+    pub used_blobs: u64,
+    pub used_bytes: u64,
+}
+
 /// The cache.
 pub struct IndexCache {
     conn: Connection,
@@ -55,6 +67,7 @@ CREATE TABLE blobs (
 ) WITHOUT ROWID;
 CREATE INDEX blobs_pack ON blobs(pack);
 CREATE TABLE snapshots (name TEXT PRIMARY KEY, sealed BLOB NOT NULL);
+CREATE TABLE superseded (name TEXT PRIMARY KEY);
 ";
 
 impl IndexCache {
@@ -92,6 +105,14 @@ impl IndexCache {
         c.conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| c.err(e))?;
         c.conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| c.err(e))?;
         c.conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(|e| c.err(e))?;
+        // Per-connection state: which packs this process must not deduplicate against, and
+        // prune's set of reachable blobs.
+        c.conn
+            .execute_batch(
+                "CREATE TEMP TABLE condemned (pack BLOB PRIMARY KEY) WITHOUT ROWID; \
+                 CREATE TEMP TABLE used (id BLOB PRIMARY KEY) WITHOUT ROWID;",
+            )
+            .map_err(|e| c.err(e))?;
         Ok(c)
     }
 
@@ -135,6 +156,9 @@ impl IndexCache {
             .map_err(|e| IndexError::Sqlite { path: self.path.display().to_string(), source: e })?;
         let r = (|| {
             tx.execute("INSERT OR IGNORE INTO segments VALUES (?1)", [name])?;
+            for s in &seg.superseded {
+                tx.execute("INSERT OR IGNORE INTO superseded VALUES (?1)", [s.to_hex()])?;
+            }
             {
                 let mut pk = tx.prepare_cached("INSERT OR REPLACE INTO packs VALUES (?1, ?2, ?3)")?;
                 let mut bl =
@@ -230,6 +254,122 @@ impl IndexCache {
     pub fn contains(&self, id: &Id) -> Result<bool> {
         let mut st = self.conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1").map_err(|e| self.err(e))?;
         st.exists([id.as_bytes().as_slice()]).map_err(|e| self.err(e))
+    }
+
+    /// Whether the blob is in a pack that is not condemned by [`IndexCache::set_condemned`]:
+    /// what deduplication may rely on while a prune may be deleting condemned packs.
+    pub fn contains_live(&self, id: &Id) -> Result<bool> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM blobs WHERE id = ?1 AND pack NOT IN (SELECT pack FROM temp.condemned) LIMIT 1",
+            )
+            .map_err(|e| self.err(e))?;
+        st.exists([id.as_bytes().as_slice()]).map_err(|e| self.err(e))
+    }
+
+    /// Names of segments that an ingested segment supersedes: never to be ingested again, even
+    /// when they are still listed (a prune or `repair index` deletes them after writing the
+    /// segment that replaces them).
+    pub fn superseded(&self) -> Result<HashSet<String>> {
+        let mut st = self.conn.prepare_cached("SELECT name FROM superseded").map_err(|e| self.err(e))?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Sets the packs this connection treats as condemned (a per-connection table: another
+    /// process sharing the cache file keeps its own view).
+    pub fn set_condemned(&self, packs: &HashSet<Id>) -> Result<()> {
+        let r = (|| {
+            self.conn.execute_batch("DELETE FROM temp.condemned")?;
+            let mut st = self.conn.prepare_cached("INSERT OR IGNORE INTO temp.condemned VALUES (?1)")?;
+            for p in packs {
+                st.execute([p.as_bytes().as_slice()])?;
+            }
+            Ok(())
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Starts an empty set of used blob ids (per connection), for prune's reachability walk.
+    pub fn used_reset(&self) -> Result<()> {
+        self.conn.execute_batch("DELETE FROM temp.used").map_err(|e| self.err(e))
+    }
+
+    /// Adds a blob id to the used set; true when it was not in it yet.
+    pub fn used_insert(&self, id: &Id) -> Result<bool> {
+        let mut st =
+            self.conn.prepare_cached("INSERT OR IGNORE INTO temp.used VALUES (?1)").map_err(|e| self.err(e))?;
+        st.execute([id.as_bytes().as_slice()]).map(|n| n == 1).map_err(|e| self.err(e))
+    }
+
+    /// Whether a blob id is in the used set.
+    pub fn used_contains(&self, id: &Id) -> Result<bool> {
+        let mut st = self.conn.prepare_cached("SELECT 1 FROM temp.used WHERE id = ?1").map_err(|e| self.err(e))?;
+        st.exists([id.as_bytes().as_slice()]).map_err(|e| self.err(e))
+    }
+
+    /// Runs `f` in one transaction (many small writes to the temporary tables go much faster).
+    pub fn batch<T>(&mut self, f: impl FnOnce(&IndexCache) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN").map_err(|e| self.err(e))?;
+        let r = f(self);
+        let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let e = self.conn.execute_batch(end).map_err(|e| self.err(e));
+        let t = r?;
+        e?;
+        Ok(t)
+    }
+
+    /// How much of every indexed pack the used set needs.
+    pub fn pack_usage(&self) -> Result<Vec<PackUsage>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT p.id, p.len, COUNT(b.id), COALESCE(SUM(b.length), 0), COUNT(u.id), \
+                 COALESCE(SUM(CASE WHEN u.id IS NULL THEN 0 ELSE b.length END), 0) \
+                 FROM packs p LEFT JOIN blobs b ON b.pack = p.id LEFT JOIN temp.used u ON u.id = b.id \
+                 GROUP BY p.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                    r.get::<_, i64>(4)? as u64,
+                    r.get::<_, i64>(5)? as u64,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, len, blobs, blob_bytes, used_blobs, used_bytes) = row.map_err(|e| self.err(e))?;
+            let pack = Id::from_slice(&id).map_err(|e| IndexError::Malformed(e.to_string()))?;
+            out.push(PackUsage { pack, len, blobs, blob_bytes, used_blobs, used_bytes });
+        }
+        Ok(out)
+    }
+
+    /// The segments that list a pack.
+    pub fn segment_of(&self, pack: &Id) -> Result<Option<String>> {
+        let mut st = self.conn.prepare_cached("SELECT segment FROM packs WHERE id = ?1").map_err(|e| self.err(e))?;
+        st.query_row([pack.as_bytes().as_slice()], |r| r.get(0)).optional().map_err(|e| self.err(e))
+    }
+
+    /// The packs (with lengths) currently attributed to a segment.
+    pub fn packs_of_segment(&self, segment: &str) -> Result<Vec<(Id, u64)>> {
+        let mut st =
+            self.conn.prepare_cached("SELECT id, len FROM packs WHERE segment = ?1").map_err(|e| self.err(e))?;
+        let rows =
+            st.query_map([segment], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, len) = row.map_err(|e| self.err(e))?;
+            out.push((Id::from_slice(&id).map_err(|e| IndexError::Malformed(e.to_string()))?, len as u64));
+        }
+        Ok(out)
     }
 
     /// All packs the index knows, with their lengths.

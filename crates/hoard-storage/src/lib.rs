@@ -22,6 +22,10 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 pub struct ObjectInfo {
     pub name: String,
     pub size: u64,
+    /// When the object was created, by the storage's own clock (file mtime, S3 LastModified),
+    /// in Unix nanoseconds. Lock staleness compares only such times with each other, so the
+    /// clocks of the hosts that write never matter.
+    pub modified_ns: i64,
 }
 
 /// The name under which the one config object is stored.
@@ -118,9 +122,12 @@ pub(crate) mod contract {
         assert_eq!(s.read(ObjectKind::Index, "aa11").unwrap_err().kind(), ErrorKind::NotFound);
         s.create(ObjectKind::Pack, "bb22", &[Bytes::from_static(b"pack")]).unwrap();
         s.create(ObjectKind::Pack, "cc33", &[Bytes::from_static(b"pack2")]).unwrap();
-        let mut l = s.list(ObjectKind::Pack).unwrap();
+        let mut l: Vec<(String, u64)> =
+            s.list(ObjectKind::Pack).unwrap().into_iter().map(|o| (o.name, o.size)).collect();
         l.sort();
-        assert_eq!(l, vec![ObjectInfo { name: "bb22".into(), size: 4 }, ObjectInfo { name: "cc33".into(), size: 5 }]);
+        assert_eq!(l, vec![("bb22".into(), 4), ("cc33".into(), 5)]);
+        // A kind with no objects yet (or whose directory an older version never made) lists empty.
+        assert!(s.list(ObjectKind::Condemned).unwrap().is_empty());
         s.delete(ObjectKind::Pack, "bb22").unwrap();
         assert_eq!(s.delete(ObjectKind::Pack, "bb22").unwrap_err().kind(), ErrorKind::NotFound);
         assert_eq!(s.list(ObjectKind::Pack).unwrap().len(), 1);

@@ -1,7 +1,7 @@
 //! A repository in a local directory (or anything mounted like one).
 //!
 //! Layout: `config`, `keys/ID`, `data/XX/ID` (packs, fanned out by the first two hex digits),
-//! `index/ID`, `snapshots/ID`, `locks/ID`.
+//! `index/ID`, `snapshots/ID`, `locks/ID`, `condemned/ID`.
 //!
 //! Writes follow the classic durable-create sequence: write a temporary file in the target
 //! directory, fsync it, hard-link it to its final name (which fails if the name exists, giving
@@ -32,6 +32,7 @@ fn dir_name(kind: ObjectKind) -> &'static str {
         ObjectKind::Index => "index",
         ObjectKind::Snapshot => "snapshots",
         ObjectKind::Lock => "locks",
+        ObjectKind::Condemned => "condemned",
     }
 }
 
@@ -44,6 +45,11 @@ fn valid_name(kind: ObjectKind, name: &str) -> bool {
                 && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         }
     }
+}
+
+fn mtime_ns(m: &fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -81,7 +87,7 @@ impl LocalStorage {
             }
             Err(e) => return Err(StorageError::io(what(), e)),
         }
-        for d in ["keys", "index", "snapshots", "locks", "data"] {
+        for d in ["keys", "index", "snapshots", "locks", "condemned", "data"] {
             fs::create_dir(root.join(d)).map_err(|e| StorageError::io(what(), e))?;
         }
         for i in 0..256 {
@@ -174,12 +180,16 @@ impl Storage for LocalStorage {
         let what = || format!("listing {}s in {}", kind.name(), self.root.display());
         if kind == ObjectKind::Config {
             return match fs::metadata(self.root.join(CONFIG_NAME)) {
-                Ok(m) => Ok(vec![ObjectInfo { name: CONFIG_NAME.into(), size: m.len() }]),
+                Ok(m) => Ok(vec![ObjectInfo { name: CONFIG_NAME.into(), size: m.len(), modified_ns: mtime_ns(&m) }]),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(vec![]),
                 Err(e) => Err(StorageError::io(what(), e)),
             };
         }
         let base = self.root.join(dir_name(kind));
+        if !base.is_dir() {
+            // A kind this repository has no directory for yet (format v1 made no `condemned/`).
+            return Ok(vec![]);
+        }
         let mut dirs = vec![base.clone()];
         if kind == ObjectKind::Pack {
             dirs.clear();
@@ -198,8 +208,13 @@ impl Storage for LocalStorage {
                 if !valid_name(kind, &name) {
                     continue;
                 }
-                let size = e.metadata().map_err(|e| StorageError::io(what(), e))?.len();
-                out.push(ObjectInfo { name, size });
+                let m = match e.metadata() {
+                    Ok(m) => m,
+                    // Deleted between read_dir and stat: a listing may lag, never invent.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StorageError::io(what(), e)),
+                };
+                out.push(ObjectInfo { name, size: m.len(), modified_ns: mtime_ns(&m) });
             }
         }
         Ok(out)

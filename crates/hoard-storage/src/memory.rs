@@ -10,7 +10,7 @@ use crate::{ErrorKind, ObjectInfo, ObjectKind, Result, Storage, StorageError};
 /// Objects in a map. Cloning shares nothing; wrap it in an `Arc` to share.
 #[derive(Default)]
 pub struct MemoryStorage {
-    objects: Mutex<BTreeMap<(ObjectKind, String), Bytes>>,
+    objects: Mutex<BTreeMap<(ObjectKind, String), (Bytes, i64)>>,
 }
 
 impl MemoryStorage {
@@ -23,15 +23,19 @@ impl MemoryStorage {
             .lock()
             .unwrap()
             .get(&(kind, name.to_string()))
-            .cloned()
+            .map(|(b, _)| b.clone())
             .ok_or_else(|| StorageError::new(ErrorKind::NotFound, format!("{} {name}", kind.name())))
     }
 
     /// Replaces an object's bytes, bypassing the create-only contract: for tests that damage
     /// a repository on purpose.
     pub fn overwrite(&self, kind: ObjectKind, name: &str, data: Vec<u8>) {
-        self.objects.lock().unwrap().insert((kind, name.to_string()), Bytes::from(data));
+        self.objects.lock().unwrap().insert((kind, name.to_string()), (Bytes::from(data), now_ns()));
     }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
 impl Storage for MemoryStorage {
@@ -45,7 +49,7 @@ impl Storage for MemoryStorage {
         if m.contains_key(&key) {
             return Err(StorageError::new(ErrorKind::AlreadyExists, format!("{} {name}", kind.name())));
         }
-        m.insert(key, Bytes::from(pieces.concat()));
+        m.insert(key, (Bytes::from(pieces.concat()), now_ns()));
         Ok(())
     }
 
@@ -75,7 +79,7 @@ impl Storage for MemoryStorage {
             .unwrap()
             .iter()
             .filter(|((k, _), _)| *k == kind)
-            .map(|((_, n), b)| ObjectInfo { name: n.clone(), size: b.len() as u64 })
+            .map(|((_, n), (b, t))| ObjectInfo { name: n.clone(), size: b.len() as u64, modified_ns: *t })
             .collect())
     }
 

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod index;
 pub mod keyfile;
+pub mod lock;
 pub mod object;
 pub mod pack;
 pub mod snapshot;
@@ -24,16 +25,18 @@ pub enum ObjectKind {
     Index = 3,
     Snapshot = 4,
     Lock = 5,
+    Condemned = 6,
 }
 
 impl ObjectKind {
-    pub const ALL: [ObjectKind; 6] = [
+    pub const ALL: [ObjectKind; 7] = [
         ObjectKind::Config,
         ObjectKind::Key,
         ObjectKind::Pack,
         ObjectKind::Index,
         ObjectKind::Snapshot,
         ObjectKind::Lock,
+        ObjectKind::Condemned,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +47,7 @@ impl ObjectKind {
             ObjectKind::Index => "index segment",
             ObjectKind::Snapshot => "snapshot",
             ObjectKind::Lock => "lock",
+            ObjectKind::Condemned => "condemnation marker",
         }
     }
 }
