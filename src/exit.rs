@@ -14,7 +14,7 @@ pub const PARTIAL: i32 = 3;
 pub const CHECK_FAILED: i32 = 4;
 /// There is no repository at the given location.
 pub const NO_REPOSITORY: i32 = 10;
-/// The repository is locked by another operation.
+/// Another prune holds the repository's prune lock (backups never wait or fail for locks).
 pub const LOCKED: i32 = 11;
 /// The password does not open any key.
 pub const WRONG_PASSWORD: i32 = 12;
@@ -37,11 +37,12 @@ pub fn code(e: &anyhow::Error) -> i32 {
                 RepoError::UnsupportedVersion { .. } => UNSUPPORTED_VERSION,
                 RepoError::SourceCommandFailed { .. } => SOURCE_FAILED,
                 RepoError::Interrupted => INTERRUPTED,
+                RepoError::Locked(_) => LOCKED,
                 r if r.is_no_space() => NO_SPACE,
                 _ => FAILURE,
             };
         }
     }
-    let _ = (OK, USAGE, LOCKED);
+    let _ = (OK, USAGE);
     FAILURE
 }

@@ -22,10 +22,13 @@ use hoard_core::format::tree::{Node, NodeKind};
 use hoard_core::{ChunkerParams, KdfParams};
 use hoard_repo::backup::{self, BackupOptions, BackupResult, Progress};
 use hoard_repo::check::Subset;
+use hoard_repo::forget;
 use hoard_repo::inspect;
+use hoard_repo::prune;
 use hoard_repo::restore::{self, RestoreOptions};
 use hoard_repo::{InitOptions, Repository, SnapshotEntry};
 use hoard_storage::{LocalStorage, Storage};
+use jiff::tz::TimeZone;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -71,6 +74,10 @@ enum Cmd {
     Backup(BackupArgs),
     /// List snapshots.
     Snapshots(FilterArgs),
+    /// Remove snapshots by a retention policy (--keep-*), or the ones named.
+    Forget(ForgetArgs),
+    /// Delete data no snapshot uses; safe while backups run.
+    Prune(PruneArgs),
     /// List the files in a snapshot.
     Ls {
         /// SNAPSHOT[:PATH]
@@ -191,6 +198,10 @@ struct BackupArgs {
     /// Threads reading files (more overlap waiting on the disk).
     #[arg(long, default_value_t = 4)]
     read_concurrency: usize,
+    /// Record this as the snapshot's time instead of now: RFC 3339 (2024-03-31T02:30:00Z) or
+    /// a local date and time (2024-03-31 02:30:00).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    time: Option<i64>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -281,6 +292,20 @@ fn parse_size(s: &str) -> Result<u64, String> {
         u => return Err(format!("unknown unit {u:?} in {s:?}")),
     };
     n.checked_mul(mul).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A time for `backup --time`, as Unix nanoseconds.
+fn parse_time(s: &str) -> Result<i64, String> {
+    let bad = || format!("{s:?} is not a time like 2024-03-31T02:30:00Z or 2024-03-31 02:30:00");
+    let t = match s.parse::<jiff::Timestamp>() {
+        Ok(t) => t,
+        Err(_) => s
+            .parse::<jiff::civil::DateTime>()
+            .and_then(|dt| dt.to_zoned_datetime(TimeZone::system()))
+            .map_err(|_| bad())?
+            .timestamp(),
+    };
+    i64::try_from(t.as_nanosecond()).map_err(|_| bad())
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -579,8 +604,10 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         exclude_caches: a.exclude_caches,
         one_file_system: a.one_file_system,
         readers: a.read_concurrency.max(1),
+        time_ns: a.time,
         cancel: ctx.cancel.clone(),
         progress: progress.clone(),
+        lock_stale: lock_stale()?,
     };
     let bar = Bar::start(ctx.progress, progress);
     let result = if a.stdin || a.from_command.is_some() {
@@ -636,6 +663,303 @@ fn cmd_snapshots(ctx: &Ctx, f: FilterArgs) -> Result<i32> {
         .collect();
     out(&output::table(&["ID", "Time", "Host", "Kind", "Tags", "Size", "Source"], &rows))?;
     out(&format!("{} snapshots\n", snaps.len()))?;
+    Ok(exit::OK)
+}
+
+#[derive(Args)]
+struct ForgetArgs {
+    /// Forget exactly these snapshots (ids or unique prefixes) instead of applying a policy.
+    #[arg(value_name = "ID")]
+    ids: Vec<String>,
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, value_name = "N")]
+    keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have one.
+    #[arg(long, value_name = "N")]
+    keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one.
+    #[arg(long, value_name = "N")]
+    keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months that have one.
+    #[arg(long, value_name = "N")]
+    keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years that have one.
+    #[arg(long, value_name = "N")]
+    keep_yearly: Option<u32>,
+    /// Keep every snapshot within DURATION of the newest in its group: e.g. 1y2m3w4d5h (m: months).
+    #[arg(long, value_name = "DURATION")]
+    keep_within: Option<forget::Duration>,
+    /// Keep the newest snapshot of each hour within DURATION of the newest in its group.
+    #[arg(long, value_name = "DURATION")]
+    keep_within_hourly: Option<forget::Duration>,
+    /// Keep the newest snapshot of each day within DURATION of the newest in its group.
+    #[arg(long, value_name = "DURATION")]
+    keep_within_daily: Option<forget::Duration>,
+    /// Keep the newest snapshot of each ISO week within DURATION of the newest in its group.
+    #[arg(long, value_name = "DURATION")]
+    keep_within_weekly: Option<forget::Duration>,
+    /// Keep the newest snapshot of each month within DURATION of the newest in its group.
+    #[arg(long, value_name = "DURATION")]
+    keep_within_monthly: Option<forget::Duration>,
+    /// Keep the newest snapshot of each year within DURATION of the newest in its group.
+    #[arg(long, value_name = "DURATION")]
+    keep_within_yearly: Option<forget::Duration>,
+    /// Keep every snapshot that has this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    keep_tags: Vec<String>,
+    /// Apply the policy to each group of snapshots that share these fields: a comma list of
+    /// host, source, paths, tags ("" for one group).
+    #[arg(long, value_name = "FIELDS", default_value = "host,source")]
+    group_by: forget::GroupBy,
+    /// Print what would be kept and removed, and why; remove nothing.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Then prune: delete the data that no remaining snapshot uses.
+    #[arg(long)]
+    prune: bool,
+    /// With --prune: as `prune --max-unused`.
+    #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = parse_percent, requires = "prune")]
+    max_unused: f64,
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
+impl ForgetArgs {
+    fn policy(&self) -> forget::Policy {
+        let d = |d: Option<forget::Duration>| d.unwrap_or_default();
+        forget::Policy {
+            last: self.keep_last.unwrap_or(0),
+            hourly: self.keep_hourly.unwrap_or(0),
+            daily: self.keep_daily.unwrap_or(0),
+            weekly: self.keep_weekly.unwrap_or(0),
+            monthly: self.keep_monthly.unwrap_or(0),
+            yearly: self.keep_yearly.unwrap_or(0),
+            within: d(self.keep_within),
+            within_hourly: d(self.keep_within_hourly),
+            within_daily: d(self.keep_within_daily),
+            within_weekly: d(self.keep_within_weekly),
+            within_monthly: d(self.keep_within_monthly),
+            within_yearly: d(self.keep_within_yearly),
+            tags: self.keep_tags.clone(),
+        }
+    }
+}
+
+/// What `forget --prune` runs after removing snapshots: the `prune` subcommand's logic, told
+/// whether this is a dry run. This is the one place that joins the two commands. `cmd_forget`
+/// asks for it before it removes anything, so that a build that cannot prune forgets nothing.
+type Pruner<'a> = Box<dyn FnOnce(&Repository, bool) -> Result<Value> + 'a>;
+
+fn forget_pruner(ctx: &Ctx, max_unused: f64) -> Result<Pruner<'_>> {
+    Ok(Box::new(move |repo: &Repository, dry_run: bool| run_prune(ctx, repo, &PruneArgs { dry_run, max_unused })))
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct PruneArgs {
+    /// Rewrite a pack when more than this share of it is unused (0%: rewrite every pack with any
+    /// unused data; 100%: only delete packs that are wholly unused).
+    #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = parse_percent)]
+    max_unused: f64,
+    /// Show what would be deleted and rewritten, how much that frees and how many requests it
+    /// takes; change nothing.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+}
+
+impl Default for PruneArgs {
+    fn default() -> Self {
+        PruneArgs { max_unused: 0.1, dry_run: false }
+    }
+}
+
+fn parse_percent(s: &str) -> std::result::Result<f64, String> {
+    let n: f64 = s.trim().trim_end_matches('%').parse().map_err(|_| format!("{s:?} is not a percentage like 10%"))?;
+    if !(0.0..=100.0).contains(&n) {
+        return Err(format!("{s:?} is not between 0% and 100%"));
+    }
+    Ok(n / 100.0)
+}
+
+fn cmd_prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let report = run_prune(ctx, &repo, &a)?;
+    if ctx.json {
+        ctx.print_json(&report)?;
+    }
+    Ok(exit::OK)
+}
+
+/// Runs a prune, prints its report as text (unless --json or -q), and returns it as JSON.
+fn run_prune(ctx: &Ctx, repo: &Repository, a: &PruneArgs) -> Result<Value> {
+    let opts = prune::PruneOptions { max_unused: a.max_unused, dry_run: a.dry_run, lock_stale: lock_stale()? };
+    let r = prune::prune(repo, &opts)?;
+    let p = &r.plan;
+    let req = |q: &prune::Requests| json!({"list": q.lists, "read": q.reads, "write": q.writes, "delete": q.deletes});
+    let report = json!({
+            "dry_run": a.dry_run,
+            "snapshots": p.snapshots,
+            "packs": p.packs,
+            "pack_bytes": p.pack_bytes,
+            "unreferenced_bytes": p.unreferenced_bytes,
+            "unused_packs": p.unused_packs, "unused_bytes": p.unused_bytes,
+            "unindexed_packs": p.unindexed_packs, "unindexed_bytes": p.unindexed_bytes,
+            "repack_packs": p.repack_packs, "repack_bytes": p.repack_bytes, "repack_used_bytes": p.repack_used_bytes,
+            "condemned_packs": p.condemned_packs, "condemned_bytes": p.condemned_bytes,
+            "frees_bytes": p.frees_bytes,
+            "planned_requests": req(&p.requests),
+            "deleted_packs": r.deleted_packs,
+            "deleted_bytes": r.deleted_bytes,
+            "written_bytes": r.written_bytes,
+            "freed_bytes": r.deleted_bytes.saturating_sub(r.written_bytes),
+            "spared_packs": r.spared_packs,
+            "markers_swept": r.markers_swept,
+            "waiting": r.waiting,
+            "stale_locks_removed": r.stale_locks_removed,
+            "requests": req(&r.requests),
+    });
+    if !ctx.json && !ctx.quiet {
+        let b = output::bytes;
+        let mut t = format!(
+            "{} snapshots use {} of {} in {} packs\n",
+            p.snapshots,
+            b(p.pack_bytes.saturating_sub(p.unreferenced_bytes)),
+            b(p.pack_bytes),
+            p.packs
+        );
+        t += &format!("  unused packs to delete:     {:>6}  {}\n", p.unused_packs, b(p.unused_bytes));
+        t += &format!("  unindexed packs to delete:  {:>6}  {}\n", p.unindexed_packs, b(p.unindexed_bytes));
+        t += &format!(
+            "  packs to rewrite:           {:>6}  {} ({} of it still in use)\n",
+            p.repack_packs,
+            b(p.repack_bytes),
+            b(p.repack_used_bytes)
+        );
+        t += &format!("  condemned by earlier prunes:{:>6}  {}\n", p.condemned_packs, b(p.condemned_bytes));
+        t += &format!(
+            "{} {}; requests: {} list, {} read, {} write, {} delete\n",
+            if a.dry_run { "would free" } else { "frees up to" },
+            b(p.frees_bytes),
+            p.requests.lists,
+            p.requests.reads,
+            p.requests.writes,
+            p.requests.deletes
+        );
+        if !a.dry_run {
+            t += &format!(
+                "deleted {} packs ({}), wrote {}: freed {}\n",
+                r.deleted_packs,
+                b(r.deleted_bytes),
+                b(r.written_bytes),
+                b(r.deleted_bytes.saturating_sub(r.written_bytes))
+            );
+            if r.spared_packs > 0 {
+                t += &format!("kept {} condemned packs that new snapshots use\n", r.spared_packs);
+            }
+            for w in &r.waiting {
+                t += &format!("left for the next prune: {w}\n");
+            }
+            if r.stale_locks_removed > 0 {
+                t += &format!("removed {} stale lock objects\n", r.stale_locks_removed);
+            }
+        } else {
+            t += "dry run: nothing changed\n";
+        }
+        out(&t)?;
+    }
+    Ok(report)
+}
+
+fn cmd_forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
+    let policy = a.policy();
+    if a.ids.is_empty() == policy.is_empty() {
+        eprintln!(
+            "hoard: {}",
+            if a.ids.is_empty() {
+                "no retention policy given, and forgetting every snapshot is refused: \
+                 give --keep-* options, or the ids of the snapshots to forget"
+            } else {
+                "give either snapshot ids or --keep-* options, not both"
+            }
+        );
+        return Ok(exit::USAGE);
+    }
+    let prune = if a.prune { Some(forget_pruner(ctx, a.max_unused)?) } else { None };
+    let repo = ctx.open()?;
+    let groups = if a.ids.is_empty() {
+        let snaps: Vec<SnapshotEntry> =
+            repo.snapshots()?.into_iter().filter(|e| a.filter.matches(&e.snapshot)).collect();
+        forget::apply(&snaps, &policy, a.group_by, &TimeZone::system())
+    } else {
+        let named = a.ids.iter().map(|id| find(&repo, id, &a.filter)).collect::<Result<Vec<_>>>()?;
+        forget::named(named, a.group_by)
+    };
+    let reasons = |k: &forget::Kept| k.reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let (kept, to_remove) = groups.iter().fold((0, 0), |(k, r), g| (k + g.keep.len(), r + g.remove.len()));
+    if !ctx.json && !ctx.quiet {
+        let mut text = String::new();
+        for g in &groups {
+            let mut rows: Vec<(&SnapshotEntry, &str, String)> = g
+                .keep
+                .iter()
+                .map(|k| (&k.entry, "keep", reasons(k)))
+                .chain(g.remove.iter().map(|e| (e, "remove", String::new())))
+                .collect();
+            rows.sort_by_key(|(e, ..)| std::cmp::Reverse(e.snapshot.time_ns));
+            let rows: Vec<Vec<String>> = rows
+                .into_iter()
+                .map(|(e, action, why)| vec![e.id.short(), output::time(e.snapshot.time_ns), action.into(), why])
+                .collect();
+            text.push_str(&format!("{}: keep {}, remove {}\n", g.key, g.keep.len(), g.remove.len()));
+            text.push_str(&output::table(&["ID", "Time", "Action", "Reasons"], &rows));
+            text.push('\n');
+        }
+        out(&text)?;
+    }
+    let removed = if a.dry_run { Vec::new() } else { forget::remove(&repo, &groups)? };
+    if !ctx.json && !ctx.quiet {
+        out(&if a.dry_run {
+            format!("would remove {to_remove} snapshots and keep {kept} (dry run: nothing removed)\n")
+        } else {
+            format!("removed {} snapshots, kept {kept}\n", removed.len())
+        })?;
+    }
+    // With --json, prune's report goes into forget's one JSON document.
+    let pruned = match prune {
+        Some(prune) if to_remove > 0 => Some(prune(&repo, a.dry_run)?),
+        _ => None,
+    };
+    if ctx.json {
+        let group_json = |g: &forget::GroupDecision| {
+            let keep: Vec<Value> = g
+                .keep
+                .iter()
+                .map(|k| {
+                    let mut v = snapshot_json(&k.entry);
+                    v["reasons"] = json!(k.reasons.iter().map(ToString::to_string).collect::<Vec<_>>());
+                    v
+                })
+                .collect();
+            json!({
+                "key": {
+                    "host": g.key.host,
+                    "source": g.key.source.as_ref().map(|(kind, name)| json!({"kind": kind, "name": name})),
+                    "paths": g.key.paths,
+                    "tags": g.key.tags,
+                },
+                "keep": keep,
+                "remove": g.remove.iter().map(snapshot_json).collect::<Vec<_>>(),
+            })
+        };
+        ctx.print_json(&json!({
+            "dry_run": a.dry_run,
+            "groups": groups.iter().map(group_json).collect::<Vec<_>>(),
+            "removed": removed.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
+            "prune": pruned,
+        }))?;
+    }
     Ok(exit::OK)
 }
 
@@ -851,6 +1175,8 @@ fn cmd_check(ctx: &Ctx, read_data: bool, subset: Option<String>) -> Result<i32> 
             "packs": r.packs, "packs_read": r.packs_read, "bytes_read": r.bytes_read,
             "damaged_packs": r.damaged_packs, "affected_snapshots": r.affected_snapshots,
             "unindexed_packs": r.unindexed_packs, "unindexed_bytes": r.unindexed_bytes,
+            "unused_packs": r.unused_packs, "condemned_packs": r.condemned_packs,
+            "unreferenced_bytes": r.unreferenced_bytes, "reclaimable_bytes": r.reclaimable_bytes,
         }))?;
     } else {
         for w in &r.warnings {
@@ -1013,6 +1339,8 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Init(a) => cmd_init(&ctx, a),
         Cmd::Backup(a) => cmd_backup(&ctx, a),
         Cmd::Snapshots(f) => cmd_snapshots(&ctx, f),
+        Cmd::Forget(a) => cmd_forget(&ctx, a),
+        Cmd::Prune(a) => cmd_prune(&ctx, a),
         Cmd::Ls { snapshot, long, filter } => cmd_ls(&ctx, &snapshot, long, filter),
         Cmd::Diff { a, b, filter } => cmd_diff(&ctx, &a, &b, filter),
         Cmd::Restore(a) => cmd_restore(&ctx, a),
@@ -1035,4 +1363,20 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `HOARD_LOCK_STALE_SECS`: after how many seconds without a refresh a lock of another host
+/// counts as stale (default 1800). Tests shorten it; every host of a repository should agree.
+fn lock_stale() -> Result<Option<Duration>> {
+    match std::env::var("HOARD_LOCK_STALE_SECS") {
+        Ok(v) => {
+            let secs: f64 =
+                v.trim().parse().map_err(|_| anyhow!("HOARD_LOCK_STALE_SECS={v:?} is not a number of seconds"))?;
+            if !(secs > 0.0 && secs.is_finite()) {
+                bail!("HOARD_LOCK_STALE_SECS must be a positive number of seconds");
+            }
+            Ok(Some(Duration::from_secs_f64(secs)))
+        }
+        Err(_) => Ok(None),
+    }
 }

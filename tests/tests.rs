@@ -6,6 +6,8 @@ mod util;
 mod backup_restore;
 mod cli_errors;
 mod crash;
+mod forget;
 mod integrity;
 mod keys;
+mod prune;
 mod streams;

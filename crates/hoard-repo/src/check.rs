@@ -72,6 +72,14 @@ pub struct CheckReport {
     /// Packs in storage that no index segment lists (left by an interrupted backup).
     pub unindexed_packs: usize,
     pub unindexed_bytes: u64,
+    /// Packs that hold nothing any snapshot uses (not yet condemned).
+    pub unused_packs: u64,
+    /// Packs condemned by a prune and not yet swept.
+    pub condemned_packs: u64,
+    /// Blob bytes no snapshot references.
+    pub unreferenced_bytes: u64,
+    /// About what `hoard prune` (default threshold) would free.
+    pub reclaimable_bytes: u64,
 }
 
 impl CheckReport {
@@ -211,6 +219,26 @@ pub fn check(repo: &Repository, read_data: Option<Subset>) -> Result<CheckReport
                 report.errors.push(format!("snapshot {}: {p}", &name[..8]));
             }
             report.affected_snapshots.push(name);
+        }
+    }
+    if report.ok() {
+        // What prune would reclaim (at its default threshold): only meaningful when every
+        // snapshot could be walked.
+        match crate::prune::plan(repo, crate::prune::PruneOptions::default().max_unused) {
+            Ok(p) => {
+                report.unused_packs = p.unused_packs;
+                report.condemned_packs = p.condemned_packs;
+                report.unreferenced_bytes = p.unreferenced_bytes;
+                report.reclaimable_bytes = p.frees_bytes;
+                if p.frees_bytes > 0 {
+                    report.warnings.push(format!(
+                        "{} packs hold nothing any snapshot uses, {} packs are condemned by an earlier prune, and \
+                         {} bytes of blobs are unreferenced in all: `hoard prune` would reclaim about {} bytes",
+                        p.unused_packs, p.condemned_packs, p.unreferenced_bytes, p.frees_bytes
+                    ));
+                }
+            }
+            Err(e) => report.warnings.push(format!("could not work out what prune would reclaim: {e}")),
         }
     }
     Ok(report)

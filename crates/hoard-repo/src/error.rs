@@ -33,6 +33,10 @@ pub enum RepoError {
     SourceCommandFailed { status: String, stderr: String },
     #[error("interrupted; nothing was committed")]
     Interrupted,
+    #[error("{0}")]
+    Locked(String),
+    #[error("{0}; nothing was committed, run the backup again")]
+    Conflict(String),
 }
 
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;

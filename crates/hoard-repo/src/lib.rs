@@ -10,9 +10,12 @@
 pub mod backup;
 pub mod check;
 pub mod error;
+pub mod forget;
 pub mod inspect;
+pub mod lock;
 pub mod meta;
 pub mod packer;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 

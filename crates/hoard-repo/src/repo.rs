@@ -221,8 +221,11 @@ impl Repository {
         }
         let superseded: HashSet<String> =
             new.iter().flat_map(|(_, s)| s.superseded.iter().map(|i| i.to_hex())).collect();
+        // Superseded by a segment ingested earlier: a prune or `repair index` wrote the
+        // replacement and has not yet deleted (or crashed before deleting) this one.
+        let earlier = cache.superseded()?;
         for (name, seg) in &new {
-            if superseded.contains(name) {
+            if superseded.contains(name) || earlier.contains(name) {
                 cache.add_segment(name, &IndexSegment::default())?;
             } else {
                 cache.add_segment(name, seg)?;
@@ -392,9 +395,38 @@ impl Repository {
         }
     }
 
-    /// Whether the index has a blob of that id.
+    /// Whether deduplication may rely on the repository's copy of a blob: it is indexed in a
+    /// pack that no condemnation marker this process has seen names.
     pub fn has_blob(&self, id: &Id) -> Result<bool> {
-        Ok(self.cache().contains(id)?)
+        Ok(self.cache().contains_live(id)?)
+    }
+
+    /// Whether a new snapshot may reference `content` as it is (an unchanged file taken from the
+    /// parent snapshot): every chunk, and every list blob, passes [`Repository::has_blob`].
+    /// When not, the caller reads the file again, so a backup never references a blob that is
+    /// missing or that a prune may be deleting.
+    pub fn content_live(&self, content: &Content) -> Result<bool> {
+        let lists = match content {
+            Content::None => return Ok(true),
+            Content::Chunks(ids) => return all_live(&self.cache(), ids),
+            Content::Lists(lists) => lists,
+        };
+        if !all_live(&self.cache(), lists)? {
+            return Ok(false);
+        }
+        for l in lists {
+            let b = self.read_blob(l)?;
+            let ids = decode_list(&b).map_err(|e| RepoError::core(format!("chunk list {}", l.short()), e))?;
+            if !all_live(&self.cache(), &ids)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Treats the packs of these condemnation markers as absent for deduplication.
+    pub fn set_condemned(&self, packs: &HashSet<Id>) -> Result<()> {
+        Ok(self.cache().set_condemned(packs)?)
     }
 
     /// The blob type the index records for an id.
@@ -459,4 +491,13 @@ impl Repository {
         self.storage.delete(ObjectKind::Key, &k.name)?;
         Ok(k.name.clone())
     }
+}
+
+fn all_live(cache: &IndexCache, ids: &[Id]) -> Result<bool> {
+    for id in ids {
+        if !cache.contains_live(id)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

@@ -263,6 +263,8 @@ impl Walker<'_, '_> {
                                 && p.inode == node.inode
                                 && (p.size == 0 || p.content != Content::None)
                         });
+                    // The parent's chunks must still be there, and not condemned by a prune.
+                    let unchanged = unchanged && self.packer.repo().content_live(&pnode.unwrap().content)?;
                     if unchanged {
                         node.content = pnode.unwrap().content.clone();
                         let mut s = self.summary.lock().unwrap();
@@ -459,46 +461,61 @@ pub fn backup_paths(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) 
     let chunker = Chunker::new(repo.config().files_chunker, repo.keys());
     let flight = Flight::new(FLIGHT_BYTES);
     let readers = opts.readers.max(1);
-    let ((tree, summary, warnings), stats) = Packer::run(repo, 2, |packer| {
-        let (jobs_tx, jobs_rx) = bounded::<Job>(256);
-        std::thread::scope(|s| {
-            for _ in 0..readers {
-                let rx = jobs_rx.clone();
-                let (chunker, flight) = (&chunker, &flight);
-                s.spawn(move || {
-                    for job in rx {
-                        let r = read_file(&job, chunker, packer, flight, opts);
-                        let _ = job.reply.send(r);
-                    }
+    super::locked(repo, opts, |session| {
+        let ((tree, summary, warnings), stats) = Packer::run(repo, 2, |packer| {
+            let (jobs_tx, jobs_rx) = bounded::<Job>(256);
+            std::thread::scope(|s| {
+                for _ in 0..readers {
+                    let rx = jobs_rx.clone();
+                    let (chunker, flight) = (&chunker, &flight);
+                    s.spawn(move || {
+                        for job in rx {
+                            let r = read_file(&job, chunker, packer, flight, opts);
+                            let _ = job.reply.send(r);
+                        }
+                    });
+                }
+                let walker = Walker {
+                    packer,
+                    opts,
+                    excludes,
+                    basename_excludes,
+                    names: Names::default(),
+                    jobs: jobs_tx,
+                    summary: Mutex::new(Summary::default()),
+                    warnings: Mutex::new(Vec::new()),
+                    pipeline: Default::default(),
+                };
+                let r = if root.whole {
+                    walker
+                        .list(Path::new("/"))
+                        .map_err(|e| RepoError::io("/", e))
+                        .and_then(|children| walker.dir(Path::new("/"), children, parent_tree.as_ref(), None))
+                } else {
+                    let children = root.children.iter().map(|(n, s)| (n.clone(), Some(s))).collect();
+                    walker.dir(Path::new("/"), children, parent_tree.as_ref(), None)
+                };
+                let r = r.and_then(|slot| {
+                    walker.drain(true)?;
+                    Ok(walker.pipeline.borrow_mut().take(slot))
                 });
-            }
-            let walker = Walker {
-                packer,
-                opts,
-                excludes,
-                basename_excludes,
-                names: Names::default(),
-                jobs: jobs_tx,
-                summary: Mutex::new(Summary::default()),
-                warnings: Mutex::new(Vec::new()),
-                pipeline: Default::default(),
-            };
-            let r = if root.whole {
-                walker
-                    .list(Path::new("/"))
-                    .map_err(|e| RepoError::io("/", e))
-                    .and_then(|children| walker.dir(Path::new("/"), children, parent_tree.as_ref(), None))
-            } else {
-                let children = root.children.iter().map(|(n, s)| (n.clone(), Some(s))).collect();
-                walker.dir(Path::new("/"), children, parent_tree.as_ref(), None)
-            };
-            let r = r.and_then(|slot| {
-                walker.drain(true)?;
-                Ok(walker.pipeline.borrow_mut().take(slot))
-            });
-            let Walker { summary, warnings, .. } = walker; // closes the job channel
-            r.map(|t| (t, summary.into_inner().unwrap(), warnings.into_inner().unwrap()))
-        })
-    })?;
-    commit(repo, opts, SOURCE_KIND, &shown.join(" "), shown.clone(), parent, tree, summary, stats, started, warnings)
+                let Walker { summary, warnings, .. } = walker; // closes the job channel
+                r.map(|t| (t, summary.into_inner().unwrap(), warnings.into_inner().unwrap()))
+            })
+        })?;
+        commit(
+            session,
+            repo,
+            opts,
+            SOURCE_KIND,
+            &shown.join(" "),
+            shown.clone(),
+            parent,
+            tree,
+            summary,
+            stats,
+            started,
+            warnings,
+        )
+    })
 }

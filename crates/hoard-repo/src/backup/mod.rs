@@ -15,7 +15,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use hoard_core::format::snapshot::{Snapshot, Summary};
 use hoard_core::Id;
 
+use hoard_core::format::lock::LockKind;
+
 use crate::error::Result;
+use crate::lock::{Session, DEFAULT_STALE};
 use crate::packer::PackerStats;
 use crate::repo::Repository;
 
@@ -43,8 +46,14 @@ pub struct BackupOptions {
     pub one_file_system: bool,
     /// Threads that read and chunk files (besides the sealing pool).
     pub readers: usize,
+    /// The snapshot's time, Unix nanoseconds, instead of the moment it is committed
+    /// (`backup --time`: importing old backups, tests of retention policies).
+    pub time_ns: Option<i64>,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
+    /// After how long without a refresh another host may call this backup's lock stale
+    /// (default [`crate::lock::DEFAULT_STALE`]).
+    pub lock_stale: Option<std::time::Duration>,
 }
 
 /// A committed backup.
@@ -69,9 +78,16 @@ pub(crate) fn parent(repo: &Repository, opts: &BackupOptions, same: &dyn Fn(&Sna
     Ok(repo.snapshots()?.into_iter().rev().find(|e| same(&e.snapshot)).map(|e| e.id))
 }
 
-/// Fills in the summary's storage figures and commits the snapshot.
+/// Runs one backup under a session lock (see [`crate::lock`]).
+pub(crate) fn locked<T>(repo: &Repository, opts: &BackupOptions, f: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
+    Session::run(repo, LockKind::Backup, opts.lock_stale.unwrap_or(DEFAULT_STALE), f)
+}
+
+/// Fills in the summary's storage figures and commits the snapshot: the last write of a backup,
+/// after its session has made sure nothing it references is being pruned.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn commit(
+    session: &Session,
     repo: &Repository,
     opts: &BackupOptions,
     source_kind: &str,
@@ -90,7 +106,7 @@ pub(crate) fn commit(
     summary.packs_written = stats.packs;
     summary.duration_ms = started.elapsed().as_millis() as u64;
     let snapshot = Snapshot {
-        time_ns: now_ns(),
+        time_ns: opts.time_ns.unwrap_or_else(now_ns),
         host: opts.host.clone(),
         user: opts.user.clone(),
         source_kind: source_kind.into(),
@@ -106,6 +122,11 @@ pub(crate) fn commit(
     };
     if opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(crate::error::RepoError::Interrupted);
+    }
+    session.secure(&snapshot.tree)?;
+    if session.ensure_fresh()? {
+        // The lock lapsed after `secure` looked: look again rather than trust a stale view.
+        session.secure(&snapshot.tree)?;
     }
     let id = repo.save_snapshot(&snapshot)?;
     Ok(BackupResult { id, snapshot, warnings })

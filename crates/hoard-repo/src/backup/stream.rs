@@ -53,34 +53,36 @@ pub fn backup_stream(
     let chunker = Chunker::new(repo.config().dumps_chunker, repo.keys());
     let flight = Flight::new(FLIGHT_BYTES);
     let progress = &opts.progress;
-    let ((tree, summary), stats) = Packer::run(repo, 2, |packer| {
-        let chunked = chunk_stream(input, &chunker, packer, &flight, &opts.cancel, &|n| {
-            progress.bytes_read.fetch_add(n, Relaxed);
+    super::locked(repo, opts, |session| {
+        let ((tree, summary), stats) = Packer::run(repo, 2, |packer| {
+            let chunked = chunk_stream(input, &chunker, packer, &flight, &opts.cancel, &|n| {
+                progress.bytes_read.fetch_add(n, Relaxed);
+            })?;
+            finish()?;
+            // SAFETY of the values: getuid/getgid cannot fail.
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            let now = now_ns();
+            let node = Node {
+                name: src.name.as_bytes().to_vec(),
+                kind: Some(NodeKind::File),
+                mode: 0o600,
+                uid,
+                gid,
+                user: opts.user.clone(),
+                mtime_ns: now,
+                ctime_ns: now,
+                links: 1,
+                size: chunked.size,
+                content: chunked.content,
+                ..Default::default()
+            };
+            let tree = store_tree(packer, vec![node])?;
+            let summary =
+                Summary { files_new: 1, bytes_total: chunked.size, bytes_read: chunked.size, ..Default::default() };
+            Ok((tree, summary))
         })?;
-        finish()?;
-        // SAFETY of the values: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let now = now_ns();
-        let node = Node {
-            name: src.name.as_bytes().to_vec(),
-            kind: Some(NodeKind::File),
-            mode: 0o600,
-            uid,
-            gid,
-            user: opts.user.clone(),
-            mtime_ns: now,
-            ctime_ns: now,
-            links: 1,
-            size: chunked.size,
-            content: chunked.content,
-            ..Default::default()
-        };
-        let tree = store_tree(packer, vec![node])?;
-        let summary =
-            Summary { files_new: 1, bytes_total: chunked.size, bytes_read: chunked.size, ..Default::default() };
-        Ok((tree, summary))
-    })?;
-    commit(repo, opts, src.kind, src.name, vec![], parent, tree, summary, stats, started, vec![])
+        commit(session, repo, opts, src.kind, src.name, vec![], parent, tree, summary, stats, started, vec![])
+    })
 }
 
 /// Runs `sh -c command` and backs up its standard output. A command that exits non-zero (or is

@@ -197,8 +197,10 @@ pub fn backup_tar(
     opts: &BackupOptions,
 ) -> Result<BackupResult> {
     let started = Instant::now();
-    let ((tree, summary), stats) = Packer::run(repo, 2, |packer| tree_from_tar(packer, input, strip, opts))?;
-    commit(repo, opts, kind, name, vec![], opts.parent, tree, summary, stats, started, vec![])
+    super::locked(repo, opts, |session| {
+        let ((tree, summary), stats) = Packer::run(repo, 2, |packer| tree_from_tar(packer, input, strip, opts))?;
+        commit(session, repo, opts, kind, name, vec![], opts.parent, tree, summary, stats, started, vec![])
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,448 @@
+//! Prune: removes what no snapshot references, without ever making a backup that runs at the
+//! same time lose data, and without making it wait.
+//!
+//! One run does two things (the protocol and the argument why it is safe are in
+//! docs/FORMAT.md, "Prune and concurrent writers"; the session rules in [`crate::lock`]):
+//!
+//! 1. **Mark.** Walk every snapshot to find the blobs in use. Packs with nothing in use, packs
+//!    no index segment lists (left by crashed backups), and packs whose unused share is above
+//!    `max_unused` (after their used blobs are stored again in new packs) are *condemned*: a
+//!    marker naming them is written. Nothing is deleted yet.
+//! 2. **Sweep.** A marker is swept once every live backup session has seen it (such a backup
+//!    never deduplicates against its packs). The blobs in use are found again, each condemned
+//!    pack that holds a blob in use with no other copy is spared, index segments that list the
+//!    rest are replaced by segments without them, and then the packs, the old segments and the
+//!    marker are deleted, in that order.
+//!
+//! A marker that a running backup has not seen waits for the next prune. A prune killed at any
+//! point leaves a repository that `check` passes; the next prune finishes the job.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use hoard_core::format::index::{IndexPack, IndexSegment};
+use hoard_core::format::lock::LockKind;
+use hoard_core::format::pack;
+use hoard_core::format::tree::Content;
+use hoard_core::format::ObjectKind;
+use hoard_core::Id;
+use hoard_storage::ErrorKind;
+
+use crate::error::{RepoError, Result};
+use crate::lock::{self, Marker, Session, DEFAULT_STALE};
+use crate::packer::Packer;
+use crate::repo::Repository;
+
+/// What a prune is asked to do.
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Repack a pack when more than this share (0..=1) of its blob bytes is unused.
+    pub max_unused: f64,
+    /// Only compute and report the plan.
+    pub dry_run: bool,
+    pub lock_stale: Option<Duration>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions { max_unused: 0.1, dry_run: false, lock_stale: None }
+    }
+}
+
+/// Requests a prune makes (or would make), by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    pub lists: u64,
+    pub reads: u64,
+    pub writes: u64,
+    pub deletes: u64,
+}
+
+/// What a prune found and will do.
+#[derive(Clone, Debug, Default)]
+pub struct PrunePlan {
+    pub snapshots: usize,
+    pub packs: u64,
+    pub pack_bytes: u64,
+    /// Packs with nothing in use.
+    pub unused_packs: u64,
+    pub unused_bytes: u64,
+    /// Packs that no index segment lists.
+    pub unindexed_packs: u64,
+    pub unindexed_bytes: u64,
+    /// Packs to rewrite, their size, and the bytes of them still in use.
+    pub repack_packs: u64,
+    pub repack_bytes: u64,
+    pub repack_used_bytes: u64,
+    /// Blob bytes no snapshot uses, over all packs (what a perfect prune would free).
+    pub unreferenced_bytes: u64,
+    /// Packs already condemned by earlier prunes, waiting for their sweep.
+    pub condemned_packs: u64,
+    pub condemned_bytes: u64,
+    /// Bytes the storage will hold less once this plan and every pending marker are swept.
+    pub frees_bytes: u64,
+    pub requests: Requests,
+}
+
+/// What a prune did.
+#[derive(Clone, Debug, Default)]
+pub struct PruneReport {
+    pub plan: PrunePlan,
+    pub deleted_packs: u64,
+    pub deleted_bytes: u64,
+    pub written_bytes: u64,
+    /// Condemned packs kept because a snapshot committed since they were condemned needs them.
+    pub spared_packs: u64,
+    pub markers_swept: usize,
+    /// Markers left for a later prune, with the sessions they wait for.
+    pub waiting: Vec<String>,
+    pub stale_locks_removed: usize,
+    pub requests: Requests,
+}
+
+/// Fills the cache's used set with every blob that the given snapshots reach.
+fn mark_used(repo: &Repository, trees: &[Id]) -> Result<()> {
+    for root in trees {
+        let mut stack = vec![*root];
+        while let Some(t) = stack.pop() {
+            if !repo.cache().used_insert(&t)? {
+                continue;
+            }
+            let tree = repo.load_tree(&t).map_err(|e| {
+                RepoError::Invalid(format!(
+                    "cannot read tree {} ({e}); prune stops rather than guess what is in use: run `hoard check`",
+                    t.short()
+                ))
+            })?;
+            for node in tree.nodes {
+                if let Some(sub) = node.subtree {
+                    stack.push(sub);
+                }
+                match &node.content {
+                    Content::None => {}
+                    Content::Chunks(ids) => {
+                        let cache = repo.cache();
+                        for id in ids {
+                            cache.used_insert(id)?;
+                        }
+                    }
+                    Content::Lists(lists) => {
+                        let mut fresh = false;
+                        for l in lists {
+                            fresh |= repo.cache().used_insert(l)?;
+                        }
+                        if fresh {
+                            for id in repo.content_chunks(&node.content)? {
+                                repo.cache().used_insert(&id)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts the used set afresh from every snapshot; returns the snapshot names walked.
+fn used_from_snapshots(repo: &Repository) -> Result<HashSet<Id>> {
+    repo.cache().used_reset()?;
+    let snaps = repo.snapshots()?;
+    mark_used(repo, &snaps.iter().map(|s| s.snapshot.tree).collect::<Vec<_>>())?;
+    Ok(snaps.into_iter().map(|s| s.id).collect())
+}
+
+/// Adds snapshots committed since `walked` to the used set (it only grows: a snapshot forgotten
+/// meanwhile keeps its blobs one more round, which is safe).
+fn used_add_new(repo: &Repository, walked: &mut HashSet<Id>) -> Result<()> {
+    let snaps = repo.snapshots()?;
+    let new: Vec<Id> = snaps.iter().filter(|s| !walked.contains(&s.id)).map(|s| s.snapshot.tree).collect();
+    mark_used(repo, &new)?;
+    walked.extend(snaps.into_iter().map(|s| s.id));
+    Ok(())
+}
+
+struct Planned {
+    plan: PrunePlan,
+    delete: Vec<Id>,
+    repack: Vec<Id>,
+    walked: HashSet<Id>,
+    markers: Vec<Marker>,
+}
+
+fn make_plan(repo: &Repository, max_unused: f64) -> Result<Planned> {
+    repo.sync_index()?;
+    let markers = lock::read_markers(repo)?;
+    let condemned: HashSet<Id> = markers.iter().flat_map(|m| m.packs.iter().copied()).collect();
+    let walked = used_from_snapshots(repo)?;
+    let usage = repo.cache().pack_usage()?;
+    let listed: HashMap<Id, u64> = repo
+        .storage()
+        .list(ObjectKind::Pack)?
+        .into_iter()
+        .filter_map(|o| Id::from_hex(&o.name).ok().map(|id| (id, o.size)))
+        .collect();
+    let mut plan = PrunePlan { snapshots: walked.len(), ..Default::default() };
+    plan.requests.lists = 4; // snapshots, index segments, condemned markers, packs
+    let (mut delete, mut repack) = (Vec::new(), Vec::new());
+    let indexed: HashSet<Id> = usage.iter().map(|u| u.pack).collect();
+    for u in &usage {
+        let Some(&size) = listed.get(&u.pack) else { continue }; // missing: `check` reports it
+        plan.packs += 1;
+        plan.pack_bytes += size;
+        plan.unreferenced_bytes += u.blob_bytes - u.used_bytes;
+        if condemned.contains(&u.pack) {
+            plan.condemned_packs += 1;
+            plan.condemned_bytes += size;
+        } else if u.used_blobs == 0 {
+            plan.unused_packs += 1;
+            plan.unused_bytes += size;
+            delete.push(u.pack);
+        } else if u.blob_bytes > 0 && (u.blob_bytes - u.used_bytes) as f64 > max_unused * u.blob_bytes as f64 {
+            plan.repack_packs += 1;
+            plan.repack_bytes += size;
+            plan.repack_used_bytes += u.used_bytes;
+            repack.push(u.pack);
+        }
+    }
+    for (id, size) in &listed {
+        if !indexed.contains(id) {
+            plan.packs += 1;
+            plan.pack_bytes += size;
+            if condemned.contains(id) {
+                plan.condemned_packs += 1;
+                plan.condemned_bytes += size;
+            } else {
+                plan.unindexed_packs += 1;
+                plan.unindexed_bytes += size;
+                delete.push(*id);
+            }
+        }
+    }
+    plan.frees_bytes = plan.unused_bytes + plan.unindexed_bytes + plan.condemned_bytes + plan.repack_bytes
+        - plan.repack_used_bytes.min(plan.repack_bytes);
+    let pack_size = u64::from(repo.config().pack_size).max(1);
+    let new_packs = plan.repack_used_bytes.div_ceil(pack_size);
+    let gone = plan.unused_packs + plan.unindexed_packs + plan.repack_packs + plan.condemned_packs;
+    // Reads: the packs to repack; the index segments, once, when anything is swept. Writes: new
+    // packs, their index segments, the marker, the replacement segment. Deletes: the packs, the
+    // segments they were listed in (at most one each), the markers.
+    let segments = repo.storage().list(ObjectKind::Index)?.len() as u64;
+    let sweeping = gone > 0;
+    plan.requests.reads = plan.repack_packs + if sweeping { segments } else { 0 };
+    plan.requests.writes =
+        new_packs + new_packs.div_ceil(16) + u64::from(!delete.is_empty() || !repack.is_empty()) + u64::from(sweeping);
+    plan.requests.deletes = gone + gone.min(segments) + markers.len() as u64 + u64::from(sweeping);
+    Ok(Planned { plan, delete, repack, walked, markers })
+}
+
+/// The plan only: what prune would delete and rewrite, with no lock and no writes (`prune
+/// --dry-run`, `check`).
+pub fn plan(repo: &Repository, max_unused: f64) -> Result<PrunePlan> {
+    Ok(make_plan(repo, max_unused)?.plan)
+}
+
+/// Prunes the repository (see the module documentation).
+pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    if !(0.0..=1.0).contains(&opts.max_unused) {
+        return Err(RepoError::Invalid("--max-unused must be between 0% and 100%".into()));
+    }
+    if opts.dry_run {
+        return Ok(PruneReport { plan: plan(repo, opts.max_unused)?, ..Default::default() });
+    }
+    if repo.config().version < 2 {
+        return Err(RepoError::Invalid(format!(
+            "this repository has format version {}, whose backups do not honour prune's markers; \
+             prune needs a repository made by `hoard init` of format version 2 or later",
+            repo.config().version
+        )));
+    }
+    let stale = opts.lock_stale.unwrap_or(DEFAULT_STALE);
+    Session::run(repo, LockKind::Prune, stale, |session| {
+        session.take_prune_lock()?;
+        let r = run(repo, opts, session, stale);
+        if let Err(e) = session.release_prune_lock() {
+            tracing::warn!("could not remove the prune lock: {e} (the next prune will find it stale)");
+        }
+        r
+    })
+}
+
+fn run(repo: &Repository, opts: &PruneOptions, session: &Session, stale: Duration) -> Result<PruneReport> {
+    let Planned { plan, delete, repack, mut walked, mut markers } = make_plan(repo, opts.max_unused)?;
+    let mut report = PruneReport { plan, ..Default::default() };
+    report.requests.lists = report.plan.requests.lists;
+
+    // Mark: rewrite what is in use of the packs to repack, then condemn.
+    if !repack.is_empty() {
+        let doomed: HashSet<Id> = repack.iter().chain(&delete).copied().collect();
+        let ((), stats) = Packer::run(repo, 2, |p| {
+            for pack_id in &repack {
+                let entries = repo.cache().pack_entries(pack_id)?;
+                let bytes = repo.storage().read(ObjectKind::Pack, &pack_id.to_hex())?;
+                for e in entries {
+                    if !repo.cache().used_contains(&e.id)? {
+                        continue;
+                    }
+                    // Another copy outside what is being condemned is enough.
+                    let elsewhere = repo.cache().locations(&e.id)?.iter().any(|l| !doomed.contains(&l.pack));
+                    if elsewhere {
+                        continue;
+                    }
+                    let stored = usize::try_from(e.offset)
+                        .ok()
+                        .and_then(|o| bytes.get(o..)?.get(..e.length as usize))
+                        .ok_or_else(|| {
+                            RepoError::Invalid(format!("pack {pack_id}: blob {} out of range", e.id.short()))
+                        })?;
+                    let plain = pack::open_blob(repo.keys(), pack_id, &e, stored)
+                        .map_err(|err| RepoError::core(format!("blob {} in pack {pack_id}", e.id.short()), err))?;
+                    p.store(e.blob_type, e.id, &plain)?;
+                }
+            }
+            Ok(())
+        })?;
+        report.written_bytes += stats.bytes_stored;
+        report.requests.reads += repack.len() as u64;
+        report.requests.writes += stats.packs + stats.segments;
+    }
+    if !delete.is_empty() || !repack.is_empty() {
+        let packs: Vec<Id> = delete.iter().chain(&repack).copied().collect();
+        let name = lock::write_marker(repo, packs.clone())?;
+        report.requests.writes += 1;
+        markers.push(Marker { name, packs });
+    }
+
+    // Sweep every marker that no live backup can still be relying on.
+    let sessions = lock::sessions(repo, Some(session), stale)?;
+    report.requests.lists += 1;
+    let live: Vec<_> = sessions.values().filter(|v| !v.stale && v.lock.kind == LockKind::Backup).collect();
+    let (sweep, wait): (Vec<Marker>, Vec<Marker>) = markers
+        .into_iter()
+        .partition(|m| live.iter().all(|v| v.lock.seen.as_ref().is_some_and(|seen| seen.contains(&m.name))));
+    for m in &wait {
+        let by: Vec<String> = live
+            .iter()
+            .filter(|v| !v.lock.seen.as_ref().is_some_and(|s| s.contains(&m.name)))
+            .map(|v| format!("a backup on {} (pid {})", v.lock.host, v.lock.pid))
+            .collect();
+        report.waiting.push(format!("{} pack(s) wait for {}", m.packs.len(), by.join(", ")));
+    }
+    if !sweep.is_empty() {
+        sweep_markers(repo, &sweep, &wait, &mut walked, &mut report)?;
+    }
+    report.stale_locks_removed = lock::remove_stale(repo, &sessions)?;
+    Ok(report)
+}
+
+fn sweep_markers(
+    repo: &Repository,
+    sweep: &[Marker],
+    wait: &[Marker],
+    walked: &mut HashSet<Id>,
+    report: &mut PruneReport,
+) -> Result<()> {
+    // Snapshots committed since the walk (by backups that have ended) count too.
+    repo.sync_index()?;
+    used_add_new(repo, walked)?;
+    report.requests.lists += 2;
+    let condemned: HashSet<Id> = sweep.iter().chain(wait).flat_map(|m| m.packs.iter().copied()).collect();
+    let sizes: HashMap<Id, u64> = repo
+        .storage()
+        .list(ObjectKind::Pack)?
+        .into_iter()
+        .filter_map(|o| Id::from_hex(&o.name).ok().map(|id| (id, o.size)))
+        .collect();
+    let mut doomed: HashSet<Id> = HashSet::new();
+    for p in sweep.iter().flat_map(|m| &m.packs) {
+        let mut needed = false;
+        let entries = repo.cache().pack_entries(p)?;
+        for e in entries {
+            if !repo.cache().used_contains(&e.id)? {
+                continue;
+            }
+            let elsewhere = repo
+                .cache()
+                .locations(&e.id)?
+                .iter()
+                .any(|l| !condemned.contains(&l.pack) && sizes.contains_key(&l.pack));
+            if !elsewhere {
+                needed = true;
+                break;
+            }
+        }
+        if needed {
+            report.spared_packs += 1;
+        } else {
+            doomed.insert(*p);
+        }
+    }
+
+    // Replace every segment that lists a doomed pack; the last new segment names the old ones as
+    // superseded, so readers drop them only once all of the replacement exists.
+    let mut affected = Vec::new();
+    let mut keep: Vec<IndexPack> = Vec::new();
+    let mut kept: HashSet<Id> = HashSet::new();
+    if !doomed.is_empty() {
+        for o in repo.storage().list(ObjectKind::Index)? {
+            let Ok(name) = Id::from_hex(&o.name) else { continue };
+            let seg = match repo.read_segment(&o.name) {
+                Ok(s) => s,
+                Err(RepoError::Storage(e)) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            report.requests.reads += 1;
+            if seg.packs.iter().any(|p| doomed.contains(&p.id)) {
+                affected.push(name);
+                for p in seg.packs {
+                    if !doomed.contains(&p.id) && kept.insert(p.id) {
+                        keep.push(p);
+                    }
+                }
+            }
+        }
+    }
+    if !affected.is_empty() {
+        let mut chunks: Vec<Vec<IndexPack>> = keep.chunks(256).map(<[IndexPack]>::to_vec).collect();
+        if chunks.is_empty() {
+            chunks.push(vec![]);
+        }
+        let n = chunks.len();
+        for (i, packs) in chunks.into_iter().enumerate() {
+            let superseded = if i + 1 == n { affected.clone() } else { vec![] };
+            repo.write_object(ObjectKind::Index, &IndexSegment { packs, superseded }.encode())?;
+            report.requests.writes += 1;
+        }
+        repo.sync_index()?;
+    }
+    for p in &doomed {
+        match repo.storage().delete(ObjectKind::Pack, &p.to_hex()) {
+            Ok(()) => {
+                report.deleted_packs += 1;
+                report.deleted_bytes += sizes.get(p).copied().unwrap_or(0);
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        report.requests.deletes += 1;
+    }
+    for s in &affected {
+        match repo.storage().delete(ObjectKind::Index, &s.to_hex()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        report.requests.deletes += 1;
+    }
+    for m in sweep {
+        match repo.storage().delete(ObjectKind::Condemned, &m.name.to_hex()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        report.requests.deletes += 1;
+        report.markers_swept += 1;
+    }
+    repo.sync_index()?;
+    Ok(())
+}
