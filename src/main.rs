@@ -808,6 +808,7 @@ fn run_prune(ctx: &Ctx, repo: &Repository, a: &PruneArgs) -> Result<Value> {
             "unindexed_packs": p.unindexed_packs, "unindexed_bytes": p.unindexed_bytes,
             "repack_packs": p.repack_packs, "repack_bytes": p.repack_bytes, "repack_used_bytes": p.repack_used_bytes,
             "condemned_packs": p.condemned_packs, "condemned_bytes": p.condemned_bytes,
+            "young_packs": p.young_packs,
             "frees_bytes": p.frees_bytes,
             "planned_requests": req(&p.requests),
             "deleted_packs": r.deleted_packs,
@@ -838,6 +839,9 @@ fn run_prune(ctx: &Ctx, repo: &Repository, a: &PruneArgs) -> Result<Value> {
             b(p.repack_used_bytes)
         );
         t += &format!("  condemned by earlier prunes:{:>6}  {}\n", p.condemned_packs, b(p.condemned_bytes));
+        if p.young_packs > 0 {
+            t += &format!("  left alone: {} packs written since a running backup started\n", p.young_packs);
+        }
         t += &format!(
             "{} {}; requests: {} list, {} read, {} write, {} delete\n",
             if a.dry_run { "would free" } else { "frees up to" },

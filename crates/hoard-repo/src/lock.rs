@@ -57,6 +57,8 @@ pub struct SessionView {
     pub modified_ns: i64,
     /// Every lock object of the session that is still listed.
     pub objects: Vec<String>,
+    /// When the session started, by the storage's clock (its first lock object's time).
+    pub started_ns: Option<i64>,
     pub stale: bool,
 }
 
@@ -65,6 +67,8 @@ struct State {
     seq: u64,
     seen: Option<Vec<Id>>,
     last_refresh: Instant,
+    /// The session's first lock object, kept until it ends.
+    first: Option<Id>,
     /// Some refresh came later than half the stale timeout: others may have judged this
     /// session stale in the meantime.
     lapsed: bool,
@@ -104,6 +108,7 @@ impl<'r> Session<'r> {
                 seq: 0,
                 seen: None,
                 last_refresh: Instant::now(),
+                first: None,
                 lapsed: false,
             }),
             failed: Mutex::new(None),
@@ -126,7 +131,12 @@ impl<'r> Session<'r> {
             });
             let r = (|| {
                 if kind == LockKind::Backup {
+                    // Markers first, then the index: a sweep that deleted packs before the
+                    // markers were read also replaced their index segments before that, so
+                    // the fresh index no longer names them; a sweep that had not finished
+                    // still has its marker, which is then in `seen`.
                     let markers = read_markers(repo)?;
+                    repo.sync_index()?;
                     let packs: HashSet<Id> = markers.iter().flat_map(|m| m.packs.iter().copied()).collect();
                     repo.set_condemned(&packs)?;
                     let mut st = s.state.lock().unwrap();
@@ -139,9 +149,14 @@ impl<'r> Session<'r> {
             drop(stop_tx);
             r
         });
-        let name = s.state.lock().unwrap().name;
-        if let Err(e) = delete_ignoring_absent(repo, ObjectKind::Lock, &name.to_hex()) {
-            tracing::warn!("could not remove lock {name}: {e} (it goes stale and a prune removes it)");
+        let (name, first) = {
+            let st = s.state.lock().unwrap();
+            (st.name, st.first)
+        };
+        for n in std::iter::once(name).chain(first) {
+            if let Err(e) = delete_ignoring_absent(repo, ObjectKind::Lock, &n.to_hex()) {
+                tracing::warn!("could not remove lock {n}: {e} (it goes stale and a prune removes it)");
+            }
         }
         result
     }
@@ -184,7 +199,14 @@ impl<'r> Session<'r> {
         let old = std::mem::replace(&mut st.name, name);
         st.seq += 1;
         st.last_refresh = Instant::now();
+        let first = st.seq == 1;
         drop(st);
+        if first {
+            // The first lock object stays until the session ends: its time, by the storage's
+            // clock, says when the session started (prune leaves younger packs alone).
+            self.state.lock().unwrap().first = Some(old);
+            return Ok(());
+        }
         delete_ignoring_absent(self.repo, ObjectKind::Lock, &old.to_hex())
     }
 
@@ -399,7 +421,7 @@ pub fn write_marker(repo: &Repository, packs: Vec<Id>) -> Result<Id> {
 pub fn sessions(repo: &Repository, me: Option<&Session>, stale: Duration) -> Result<HashMap<Id, SessionView>> {
     let listed = repo.storage().list(ObjectKind::Lock)?;
     let now = me.and_then(|m| m.storage_now(&listed)).or_else(|| listed.iter().map(|o| o.modified_ns).max());
-    let host = me.map(|m| m.host.clone());
+    let host = Some(me.map_or_else(this_host, |m| m.host.clone()));
     let mut out: HashMap<Id, SessionView> = HashMap::new();
     for o in &listed {
         if o.name == PRUNE_LOCK.to_hex() {
@@ -419,9 +441,13 @@ pub fn sessions(repo: &Repository, me: Option<&Session>, stale: Duration) -> Res
             name: o.name.clone(),
             modified_ns: o.modified_ns,
             objects: Vec::new(),
+            started_ns: None,
             stale: false,
         });
         entry.objects.push(o.name.clone());
+        if lock.seq == 0 {
+            entry.started_ns = Some(o.modified_ns);
+        }
         if lock.seq >= entry.lock.seq {
             entry.name = o.name.clone();
             entry.modified_ns = entry.modified_ns.max(o.modified_ns);

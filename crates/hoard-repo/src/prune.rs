@@ -79,6 +79,8 @@ pub struct PrunePlan {
     /// Packs already condemned by earlier prunes, waiting for their sweep.
     pub condemned_packs: u64,
     pub condemned_bytes: u64,
+    /// Packs written since a backup that is still running started, left alone.
+    pub young_packs: u64,
     /// Bytes the storage will hold less once this plan and every pending marker are swept.
     pub frees_bytes: u64,
     pub requests: Requests,
@@ -170,17 +172,27 @@ struct Planned {
     markers: Vec<Marker>,
 }
 
-fn make_plan(repo: &Repository, max_unused: f64) -> Result<Planned> {
+/// `young_from`: packs created at or after this storage time may belong to a backup that is
+/// still running (its blobs are in no snapshot yet): they are left alone, not condemned, so
+/// that backup does not have to store them again when it commits.
+fn make_plan(repo: &Repository, max_unused: f64, young_from: Option<i64>) -> Result<Planned> {
     repo.sync_index()?;
     let markers = lock::read_markers(repo)?;
     let condemned: HashSet<Id> = markers.iter().flat_map(|m| m.packs.iter().copied()).collect();
     let walked = used_from_snapshots(repo)?;
     let usage = repo.cache().pack_usage()?;
+    let mut young: HashSet<Id> = HashSet::new();
     let listed: HashMap<Id, u64> = repo
         .storage()
         .list(ObjectKind::Pack)?
         .into_iter()
-        .filter_map(|o| Id::from_hex(&o.name).ok().map(|id| (id, o.size)))
+        .filter_map(|o| {
+            let id = Id::from_hex(&o.name).ok()?;
+            if young_from.is_some_and(|t| o.modified_ns >= t) {
+                young.insert(id);
+            }
+            Some((id, o.size))
+        })
         .collect();
     let mut plan = PrunePlan { snapshots: walked.len(), ..Default::default() };
     plan.requests.lists = 4; // snapshots, index segments, condemned markers, packs
@@ -194,6 +206,8 @@ fn make_plan(repo: &Repository, max_unused: f64) -> Result<Planned> {
         if condemned.contains(&u.pack) {
             plan.condemned_packs += 1;
             plan.condemned_bytes += size;
+        } else if young.contains(&u.pack) {
+            plan.young_packs += 1;
         } else if u.used_blobs == 0 {
             plan.unused_packs += 1;
             plan.unused_bytes += size;
@@ -212,6 +226,8 @@ fn make_plan(repo: &Repository, max_unused: f64) -> Result<Planned> {
             if condemned.contains(id) {
                 plan.condemned_packs += 1;
                 plan.condemned_bytes += size;
+            } else if young.contains(id) {
+                plan.young_packs += 1;
             } else {
                 plan.unindexed_packs += 1;
                 plan.unindexed_bytes += size;
@@ -239,7 +255,18 @@ fn make_plan(repo: &Repository, max_unused: f64) -> Result<Planned> {
 /// The plan only: what prune would delete and rewrite, with no lock and no writes (`prune
 /// --dry-run`, `check`).
 pub fn plan(repo: &Repository, max_unused: f64) -> Result<PrunePlan> {
-    Ok(make_plan(repo, max_unused)?.plan)
+    let sessions = lock::sessions(repo, None, DEFAULT_STALE)?;
+    Ok(make_plan(repo, max_unused, young_from(&sessions))?.plan)
+}
+
+/// The start (storage clock) of the oldest live backup session, if any is running. A live
+/// session whose first lock object is missing counts as running since forever.
+fn young_from(sessions: &HashMap<Id, lock::SessionView>) -> Option<i64> {
+    sessions
+        .values()
+        .filter(|v| !v.stale && v.lock.kind == LockKind::Backup)
+        .map(|v| v.started_ns.unwrap_or(i64::MIN))
+        .min()
 }
 
 /// Prunes the repository (see the module documentation).
@@ -269,7 +296,11 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
 }
 
 fn run(repo: &Repository, opts: &PruneOptions, session: &Session, stale: Duration) -> Result<PruneReport> {
-    let Planned { plan, delete, repack, mut walked, mut markers } = make_plan(repo, opts.max_unused)?;
+    // Sessions before packs: a backup that wrote a pack we are about to list already had its
+    // lock when we list the sessions.
+    let before = lock::sessions(repo, Some(session), stale)?;
+    let Planned { plan, delete, repack, mut walked, mut markers } =
+        make_plan(repo, opts.max_unused, young_from(&before))?;
     let mut report = PruneReport { plan, ..Default::default() };
     report.requests.lists = report.plan.requests.lists;
 
