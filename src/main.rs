@@ -892,6 +892,10 @@ fn cmd_forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
     }
     let prune = if a.prune { Some(forget_pruner(ctx, a.max_unused)?) } else { None };
     let repo = ctx.open()?;
+    if prune.is_some() && !a.dry_run {
+        // Refuse before removing anything, not after.
+        prune::check_version(&repo)?;
+    }
     let groups = if a.ids.is_empty() {
         let snaps: Vec<SnapshotEntry> =
             repo.snapshots()?.into_iter().filter(|e| a.filter.matches(&e.snapshot)).collect();

@@ -285,3 +285,40 @@ fn a_backup_stopped_across_a_prune_commits_a_snapshot_that_restores() {
     assert!(dumped.status.success(), "{}", String::from_utf8_lossy(&dumped.stderr));
     assert!(dumped.stdout == fs::read(&data).unwrap(), "the restored dump differs");
 }
+
+/// A lost index segment must not make prune delete the packs it listed: snapshots still use
+/// them, and prune cannot see that through the index.
+#[test]
+fn prune_refuses_when_snapshots_use_blobs_the_index_lost() {
+    let env = Env::bare();
+    env.ok(&["init", "--kdf-memory", "1024", "--kdf-iterations", "1", "--pack-size", "1MiB"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..24 {
+        fs::write(src.join(format!("f{i:02}")), noise(i, 1 << 20)).unwrap();
+    }
+    env.backup(&[src.to_str().unwrap()]);
+    // One of the backup's segments, listing data packs only (a segment every 16 packs).
+    let segments: Vec<PathBuf> = fs::read_dir(env.repo.join("index")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(segments.len() >= 2, "{segments:?}");
+    let packs = || walk(&env.repo.join("data")).into_iter().filter(|p| p.is_file()).count();
+    let packs_before = packs();
+    let mut refused = false;
+    for s in &segments {
+        let saved = fs::read(s).unwrap();
+        fs::remove_file(s).unwrap();
+        let o = env.run(&["prune"]);
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("repair index") || err.contains("cannot read tree"), "{err}");
+            refused = true;
+        }
+        fs::write(s, saved).unwrap();
+        env.ok(&["check", "--read-data"]);
+    }
+    assert!(refused, "prune never noticed the lost segments");
+    assert_eq!(packs(), packs_before, "prune deleted packs");
+    let target = env.path("r");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+}

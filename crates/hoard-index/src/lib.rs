@@ -320,6 +320,17 @@ impl IndexCache {
         Ok(t)
     }
 
+    /// How many blobs of the used set no index entry locates: data that snapshots need and the
+    /// index does not know (a lost or damaged segment).
+    pub fn used_unindexed(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM temp.used WHERE id NOT IN (SELECT id FROM blobs)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
     /// How much of every indexed pack the used set needs.
     pub fn pack_usage(&self) -> Result<Vec<PackUsage>> {
         let mut st = self

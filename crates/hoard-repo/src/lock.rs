@@ -364,8 +364,28 @@ impl<'r> Session<'r> {
         unreachable!("the loop returns on its second attempt")
     }
 
+    /// Fails unless this session still holds the prune lock; refreshes the session lock if due.
+    pub fn ensure_prune_lock(&self) -> Result<()> {
+        self.ensure_fresh()?;
+        let holder = read_lock(self.repo, &PRUNE_LOCK.to_hex())
+            .map_err(|e| RepoError::Locked(format!("the prune lock is gone ({e}); nothing more was deleted")))?;
+        if holder.session != self.id {
+            return Err(RepoError::Locked(format!(
+                "another prune (host {}, pid {}) took over the prune lock; nothing more was deleted",
+                holder.host, holder.pid
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes the prune lock if this session still holds it (never another prune's).
     pub fn release_prune_lock(&self) -> Result<()> {
-        delete_ignoring_absent(self.repo, ObjectKind::Lock, &PRUNE_LOCK.to_hex())
+        match read_lock(self.repo, &PRUNE_LOCK.to_hex()) {
+            Ok(l) if l.session == self.id => delete_ignoring_absent(self.repo, ObjectKind::Lock, &PRUNE_LOCK.to_hex()),
+            Ok(_) => Ok(()),
+            Err(RepoError::Storage(e)) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The storage's clock now: the time of this session's newest lock object.

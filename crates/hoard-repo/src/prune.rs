@@ -151,7 +151,22 @@ fn used_from_snapshots(repo: &Repository) -> Result<HashSet<Id>> {
     repo.cache().used_reset()?;
     let snaps = repo.snapshots()?;
     mark_used(repo, &snaps.iter().map(|s| s.snapshot.tree).collect::<Vec<_>>())?;
+    refuse_unindexed_use(repo)?;
     Ok(snaps.into_iter().map(|s| s.id).collect())
+}
+
+/// Prune judges packs by the index. When snapshots use blobs the index does not locate (an
+/// index segment was lost or damaged), packs that hold them would look unindexed and be
+/// deleted: stop instead.
+fn refuse_unindexed_use(repo: &Repository) -> Result<()> {
+    let n = repo.cache().used_unindexed()?;
+    if n > 0 {
+        return Err(RepoError::Invalid(format!(
+            "{n} blobs that snapshots use are not in the index, so prune cannot tell which packs hold them; \
+             nothing was deleted: run `hoard repair index`, then `hoard check`, then prune again"
+        )));
+    }
+    Ok(())
 }
 
 /// Adds snapshots committed since `walked` to the used set (it only grows: a snapshot forgotten
@@ -160,6 +175,7 @@ fn used_add_new(repo: &Repository, walked: &mut HashSet<Id>) -> Result<()> {
     let snaps = repo.snapshots()?;
     let new: Vec<Id> = snaps.iter().filter(|s| !walked.contains(&s.id)).map(|s| s.snapshot.tree).collect();
     mark_used(repo, &new)?;
+    refuse_unindexed_use(repo)?;
     walked.extend(snaps.into_iter().map(|s| s.id));
     Ok(())
 }
@@ -256,17 +272,26 @@ fn make_plan(repo: &Repository, max_unused: f64, young_from: Option<i64>) -> Res
 /// --dry-run`, `check`).
 pub fn plan(repo: &Repository, max_unused: f64) -> Result<PrunePlan> {
     let sessions = lock::sessions(repo, None, DEFAULT_STALE)?;
-    Ok(make_plan(repo, max_unused, young_from(&sessions))?.plan)
+    Ok(make_plan(repo, max_unused, young_from(&sessions, None))?.plan)
 }
 
-/// The start (storage clock) of the oldest live backup session, if any is running. A live
-/// session whose first lock object is missing counts as running since forever.
-fn young_from(sessions: &HashMap<Id, lock::SessionView>) -> Option<i64> {
-    sessions
-        .values()
-        .filter(|v| !v.stale && v.lock.kind == LockKind::Backup)
-        .map(|v| v.started_ns.unwrap_or(i64::MIN))
-        .min()
+/// The start (storage clock) of the oldest live session other than `me` (a backup, or a prune
+/// that got past the prune lock), if any is running. A live session whose first lock object
+/// is missing counts as running since forever.
+fn young_from(sessions: &HashMap<Id, lock::SessionView>, me: Option<Id>) -> Option<i64> {
+    sessions.values().filter(|v| !v.stale && Some(v.lock.session) != me).map(|v| v.started_ns.unwrap_or(i64::MIN)).min()
+}
+
+/// Prune needs every writer to honour condemnation markers, which version-1 builds do not.
+pub fn check_version(repo: &Repository) -> Result<()> {
+    if repo.config().version < 2 {
+        return Err(RepoError::Invalid(format!(
+            "this repository has format version {}, whose backups do not honour prune's markers; \
+             prune needs a repository made by `hoard init` of format version 2 or later",
+            repo.config().version
+        )));
+    }
+    Ok(())
 }
 
 /// Prunes the repository (see the module documentation).
@@ -277,13 +302,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     if opts.dry_run {
         return Ok(PruneReport { plan: plan(repo, opts.max_unused)?, ..Default::default() });
     }
-    if repo.config().version < 2 {
-        return Err(RepoError::Invalid(format!(
-            "this repository has format version {}, whose backups do not honour prune's markers; \
-             prune needs a repository made by `hoard init` of format version 2 or later",
-            repo.config().version
-        )));
-    }
+    check_version(repo)?;
     let stale = opts.lock_stale.unwrap_or(DEFAULT_STALE);
     Session::run(repo, LockKind::Prune, stale, |session| {
         session.take_prune_lock()?;
@@ -300,7 +319,7 @@ fn run(repo: &Repository, opts: &PruneOptions, session: &Session, stale: Duratio
     // lock when we list the sessions.
     let before = lock::sessions(repo, Some(session), stale)?;
     let Planned { plan, delete, repack, mut walked, mut markers } =
-        make_plan(repo, opts.max_unused, young_from(&before))?;
+        make_plan(repo, opts.max_unused, young_from(&before, Some(session.id())))?;
     let mut report = PruneReport { plan, ..Default::default() };
     report.requests.lists = report.plan.requests.lists;
 
@@ -348,9 +367,18 @@ fn run(repo: &Repository, opts: &PruneOptions, session: &Session, stale: Duratio
     let sessions = lock::sessions(repo, Some(session), stale)?;
     report.requests.lists += 1;
     let live: Vec<_> = sessions.values().filter(|v| !v.stale && v.lock.kind == LockKind::Backup).collect();
-    let (sweep, wait): (Vec<Marker>, Vec<Marker>) = markers
-        .into_iter()
-        .partition(|m| live.iter().all(|v| v.lock.seen.as_ref().is_some_and(|seen| seen.contains(&m.name))));
+    // Another live prune (two took over a stale prune lock at once) may be rewriting packs
+    // this one would delete: sweep nothing, and say so.
+    let other_prune =
+        sessions.values().find(|v| !v.stale && v.lock.kind == LockKind::Prune && v.lock.session != session.id());
+    let (sweep, wait): (Vec<Marker>, Vec<Marker>) = markers.into_iter().partition(|m| {
+        other_prune.is_none() && live.iter().all(|v| v.lock.seen.as_ref().is_some_and(|seen| seen.contains(&m.name)))
+    });
+    if let Some(p) = other_prune {
+        report
+            .waiting
+            .push(format!("every marker waits: another prune is running on {} (pid {})", p.lock.host, p.lock.pid));
+    }
     for m in &wait {
         let by: Vec<String> = live
             .iter()
@@ -360,6 +388,8 @@ fn run(repo: &Repository, opts: &PruneOptions, session: &Session, stale: Duratio
         report.waiting.push(format!("{} pack(s) wait for {}", m.packs.len(), by.join(", ")));
     }
     if !sweep.is_empty() {
+        // Still the holder of the prune lock, with a fresh session lock, right before deleting.
+        session.ensure_prune_lock()?;
         sweep_markers(repo, &sweep, &wait, &mut walked, &mut report)?;
     }
     report.stale_locks_removed = lock::remove_stale(repo, &sessions)?;
