@@ -255,8 +255,12 @@ fn a_backup_stopped_across_a_prune_commits_a_snapshot_that_restores() {
     // The same dump again, by a backup that stops itself (SIGSTOP to hoard, its parent) once the
     // data is piped: it has deduplicated against the first snapshot's packs but not committed.
     let stopping = format!("cat {} && kill -STOP $PPID", data.display());
+    // A short stale timeout: stopped for longer than it, the backup knows its lock lapsed and
+    // checks everything it references against a fresh listing before it commits. (On its own
+    // host a stopped process is still alive, so prune does not call it stale.)
     let child = env
         .cmd(&["--json", "backup", "--from-command", &stopping, "--name", "dump.sql"])
+        .env("HOARD_LOCK_STALE_SECS", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -269,8 +273,11 @@ fn a_backup_stopped_across_a_prune_commits_a_snapshot_that_restores() {
     }
     // The only committed snapshot that uses that data goes, and a prune runs.
     env.ok(&["forget", &first]);
-    let r = env.json(&["prune"]);
+    let o = env.cmd(&["--json", "prune"]).env("HOARD_LOCK_STALE_SECS", "1").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["deleted_packs"], 0, "a stopped backup may still need every pack: {r}");
+    std::thread::sleep(Duration::from_millis(1200));
     assert!(!r["waiting"].as_array().unwrap().is_empty(), "{r}");
     // Resumed, it commits a complete snapshot.
     // SAFETY: kill(2) with a pid we started.

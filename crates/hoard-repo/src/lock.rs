@@ -72,6 +72,8 @@ struct State {
     /// Some refresh came later than half the stale timeout: others may have judged this
     /// session stale in the meantime.
     lapsed: bool,
+    /// Markers that appeared after the start and that [`Session::secure`] already handled.
+    secured: HashSet<Id>,
 }
 
 /// A running backup or prune, holding its session lock.
@@ -110,6 +112,7 @@ impl<'r> Session<'r> {
                 last_refresh: Instant::now(),
                 first: None,
                 lapsed: false,
+                secured: HashSet::new(),
             }),
             failed: Mutex::new(None),
         };
@@ -211,7 +214,8 @@ impl<'r> Session<'r> {
     }
 
     /// Fails if a refresh failed; refreshes now when the last one is more than half the stale
-    /// timeout ago. Returns whether others may have judged this session stale at some point.
+    /// timeout ago. Returns whether others may have judged this session stale since the last
+    /// call (and forgets it: the caller acts on it).
     pub fn ensure_fresh(&self) -> Result<bool> {
         if let Some(e) = self.failed.lock().unwrap().take() {
             return Err(RepoError::Conflict(format!("the backup could not keep its lock fresh ({e})")));
@@ -220,17 +224,20 @@ impl<'r> Session<'r> {
         if due {
             self.refresh()?;
         }
-        Ok(self.state.lock().unwrap().lapsed)
+        Ok(std::mem::take(&mut self.state.lock().unwrap().lapsed))
     }
 
     /// Makes sure every blob the snapshot with root `tree` references stays in the repository:
     /// blobs whose only copies are in packs named by condemnation markers are stored again.
-    /// Called after the backup's packs and index segments are written and before its snapshot.
-    pub fn secure(&self, tree: &Id) -> Result<()> {
-        let lapsed = self.ensure_fresh()?;
+    /// Called after the backup's packs and index segments are written and before its snapshot;
+    /// `full` when the session's lock lapsed since the last call, so packs may be gone.
+    pub fn secure(&self, tree: &Id, full: bool) -> Result<()> {
+        let lapsed = self.ensure_fresh()? || full;
         let markers = read_markers(self.repo)?;
-        let seen: HashSet<Id> = self.seen().into_iter().collect();
-        let new = markers.iter().filter(|m| !seen.contains(&m.name)).count();
+        let mut seen: HashSet<Id> = self.seen().into_iter().collect();
+        seen.extend(self.state.lock().unwrap().secured.iter().copied());
+        let new_markers: Vec<Id> = markers.iter().map(|m| m.name).filter(|n| !seen.contains(n)).collect();
+        let new = new_markers.len();
         if new == 0 && !lapsed {
             return Ok(());
         }
@@ -299,6 +306,7 @@ impl<'r> Session<'r> {
             }
         }
         if rescue.is_empty() {
+            self.state.lock().unwrap().secured.extend(new_markers);
             return Ok(());
         }
         rescue.sort();
@@ -317,6 +325,7 @@ impl<'r> Session<'r> {
             }
             Ok(())
         })?;
+        self.state.lock().unwrap().secured.extend(new_markers);
         Ok(())
     }
 

@@ -123,10 +123,10 @@ pub(crate) fn commit(
     if opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(crate::error::RepoError::Interrupted);
     }
-    session.secure(&snapshot.tree)?;
+    session.secure(&snapshot.tree, false)?;
     if session.ensure_fresh()? {
         // The lock lapsed after `secure` looked: look again rather than trust a stale view.
-        session.secure(&snapshot.tree)?;
+        session.secure(&snapshot.tree, true)?;
     }
     let id = repo.save_snapshot(&snapshot)?;
     Ok(BackupResult { id, snapshot, warnings })
