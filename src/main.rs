@@ -380,7 +380,7 @@ impl Ctx {
         let storage = self.storage()?;
         // Refuse unknown versions and missing repositories before asking for a password.
         let v = Repository::peek_version(&*storage)?;
-        if v > hoard_core::FORMAT_VERSION {
+        if v > hoard_core::FORMAT_VERSION || v == 0 {
             return Err(hoard_repo::RepoError::UnsupportedVersion {
                 location: storage.location(),
                 found: v,

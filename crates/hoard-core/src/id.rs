@@ -58,7 +58,8 @@ impl fmt::Debug for Id {
 }
 
 /// Fills `buf` from the operating system's CSPRNG. A machine without one cannot run hoard
-/// safely at all, so failure aborts rather than returning predictable bytes.
+/// safely at all, so failure panics (ending the operation) rather than returning predictable
+/// bytes.
 pub fn fill_random(buf: &mut [u8]) {
     getrandom::fill(buf).expect("the operating system's random number generator failed");
 }
