@@ -334,6 +334,13 @@ fn seed_corpora(dir: &Path) {
     header.extend_from_slice(&[7; 32]);
     header.extend_from_slice(&[0, 40, 24, 0, 0]);
     seeds.push(("pack_header", "one-entry", header));
+    for (field, mode) in [("lock", 0u8), ("condemned", 1u8)] {
+        if let Some(b) = hex_after(&encodings, &format!("\"{field}\": \"")) {
+            let mut s = vec![mode];
+            s.extend_from_slice(&b);
+            seeds.push(("lock", field, s));
+        }
+    }
     for (target, name, bytes) in seeds {
         let d = dir.join("corpus").join(target);
         let f = d.join(format!("seed-golden-{name}"));
