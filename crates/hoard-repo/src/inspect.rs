@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use hoard_core::format::index::{IndexPack, IndexSegment};
+use hoard_core::format::index::IndexPack;
 use hoard_core::format::tree::{Node, NodeKind};
 use hoard_core::format::ObjectKind;
 use hoard_core::Id;
@@ -236,23 +236,9 @@ pub fn repair_index(repo: &Repository) -> Result<RepairIndexReport> {
         }
     }
     report.packs = packs.len();
-    let mut chunks: Vec<Vec<IndexPack>> = packs.chunks(256).map(|c| c.to_vec()).collect();
-    if chunks.is_empty() {
-        chunks.push(vec![]);
-    }
-    let n = chunks.len();
-    for (i, c) in chunks.into_iter().enumerate() {
-        // The last segment carries the superseded list, so readers ignore the old ones only once
-        // every new one exists.
-        let superseded = if i + 1 == n { old.clone() } else { vec![] };
-        repo.write_object(ObjectKind::Index, &IndexSegment { packs: c, superseded }.encode())?;
-    }
+    repo.replace_segments(packs, &old)?;
     for s in &old {
-        match repo.storage().delete(ObjectKind::Index, &s.to_hex()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == hoard_storage::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+        repo.delete_object(ObjectKind::Index, &s.to_hex())?;
     }
     repo.sync_index()?;
     Ok(report)

@@ -157,7 +157,7 @@ impl<'r> Session<'r> {
             (st.name, st.first)
         };
         for n in std::iter::once(name).chain(first) {
-            if let Err(e) = delete_ignoring_absent(repo, ObjectKind::Lock, &n.to_hex()) {
+            if let Err(e) = repo.delete_object(ObjectKind::Lock, &n.to_hex()) {
                 tracing::warn!("could not remove lock {n}: {e} (it goes stale and a prune removes it)");
             }
         }
@@ -210,7 +210,7 @@ impl<'r> Session<'r> {
             self.state.lock().unwrap().first = Some(old);
             return Ok(());
         }
-        delete_ignoring_absent(self.repo, ObjectKind::Lock, &old.to_hex())
+        self.repo.delete_object(ObjectKind::Lock, &old.to_hex()).map(drop)
     }
 
     /// Fails if a refresh failed; refreshes now when the last one is more than half the stale
@@ -368,7 +368,7 @@ impl<'r> Session<'r> {
                 holder.host,
                 holder.pid
             );
-            delete_ignoring_absent(self.repo, ObjectKind::Lock, &PRUNE_LOCK.to_hex())?;
+            self.repo.delete_object(ObjectKind::Lock, &PRUNE_LOCK.to_hex())?;
         }
         unreachable!("the loop returns on its second attempt")
     }
@@ -390,7 +390,7 @@ impl<'r> Session<'r> {
     /// Removes the prune lock if this session still holds it (never another prune's).
     pub fn release_prune_lock(&self) -> Result<()> {
         match read_lock(self.repo, &PRUNE_LOCK.to_hex()) {
-            Ok(l) if l.session == self.id => delete_ignoring_absent(self.repo, ObjectKind::Lock, &PRUNE_LOCK.to_hex()),
+            Ok(l) if l.session == self.id => self.repo.delete_object(ObjectKind::Lock, &PRUNE_LOCK.to_hex()).map(drop),
             Ok(_) => Ok(()),
             Err(RepoError::Storage(e)) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
@@ -401,14 +401,6 @@ impl<'r> Session<'r> {
     fn storage_now(&self, listed: &[hoard_storage::ObjectInfo]) -> Option<i64> {
         let me = self.state.lock().unwrap().name.to_hex();
         listed.iter().find(|o| o.name == me).map(|o| o.modified_ns)
-    }
-}
-
-fn delete_ignoring_absent(repo: &Repository, kind: ObjectKind, name: &str) -> Result<()> {
-    match repo.storage().delete(kind, name) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -507,7 +499,7 @@ pub fn remove_stale(repo: &Repository, sessions: &HashMap<Id, SessionView>) -> R
     let mut n = 0;
     for v in sessions.values().filter(|v| v.stale) {
         for name in &v.objects {
-            delete_ignoring_absent(repo, ObjectKind::Lock, name)?;
+            repo.delete_object(ObjectKind::Lock, name)?;
             n += 1;
         }
     }

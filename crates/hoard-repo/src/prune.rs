@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use hoard_core::format::index::{IndexPack, IndexSegment};
+use hoard_core::format::index::IndexPack;
 use hoard_core::format::lock::LockKind;
 use hoard_core::format::pack;
 use hoard_core::format::tree::Content;
@@ -464,43 +464,22 @@ fn sweep_markers(
         }
     }
     if !affected.is_empty() {
-        let mut chunks: Vec<Vec<IndexPack>> = keep.chunks(256).map(<[IndexPack]>::to_vec).collect();
-        if chunks.is_empty() {
-            chunks.push(vec![]);
-        }
-        let n = chunks.len();
-        for (i, packs) in chunks.into_iter().enumerate() {
-            let superseded = if i + 1 == n { affected.clone() } else { vec![] };
-            repo.write_object(ObjectKind::Index, &IndexSegment { packs, superseded }.encode())?;
-            report.requests.writes += 1;
-        }
+        report.requests.writes += repo.replace_segments(keep, &affected)?;
         repo.sync_index()?;
     }
     for p in &doomed {
-        match repo.storage().delete(ObjectKind::Pack, &p.to_hex()) {
-            Ok(()) => {
-                report.deleted_packs += 1;
-                report.deleted_bytes += sizes.get(p).copied().unwrap_or(0);
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+        if repo.delete_object(ObjectKind::Pack, &p.to_hex())? {
+            report.deleted_packs += 1;
+            report.deleted_bytes += sizes.get(p).copied().unwrap_or(0);
         }
         report.requests.deletes += 1;
     }
     for s in &affected {
-        match repo.storage().delete(ObjectKind::Index, &s.to_hex()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+        repo.delete_object(ObjectKind::Index, &s.to_hex())?;
         report.requests.deletes += 1;
     }
     for m in sweep {
-        match repo.storage().delete(ObjectKind::Condemned, &m.name.to_hex()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+        repo.delete_object(ObjectKind::Condemned, &m.name.to_hex())?;
         report.requests.deletes += 1;
         report.markers_swept += 1;
     }

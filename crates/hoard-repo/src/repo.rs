@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use hoard_core::format::config::Config;
-use hoard_core::format::index::IndexSegment;
+use hoard_core::format::index::{IndexPack, IndexSegment};
 use hoard_core::format::keyfile::{KeyFile, KeyMeta};
 use hoard_core::format::snapshot::Snapshot;
 use hoard_core::format::tree::{decode_list, Content, Tree};
@@ -268,13 +268,36 @@ impl Repository {
     /// Deletes a snapshot object (`hoard forget`). Its data stays until a prune finds it
     /// unreferenced. Deleting a snapshot that is already gone is not an error.
     pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
-        match self.storage.delete(ObjectKind::Snapshot, &id.to_hex()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.delete_object(ObjectKind::Snapshot, &id.to_hex())?;
         self.cache().remove_snapshot(&id.to_hex())?;
         Ok(())
+    }
+
+    /// Writes index segments (of at most 256 packs each) that together list `packs` and replace
+    /// the segments `old`. Only the last one names `old` as superseded, so readers drop the old
+    /// segments only once every new one exists. Returns how many segments it wrote. The caller
+    /// deletes `old` afterwards.
+    pub fn replace_segments(&self, packs: Vec<IndexPack>, old: &[Id]) -> Result<u64> {
+        let mut chunks: Vec<Vec<IndexPack>> = packs.chunks(256).map(<[IndexPack]>::to_vec).collect();
+        if chunks.is_empty() {
+            chunks.push(vec![]);
+        }
+        let n = chunks.len();
+        for (i, packs) in chunks.into_iter().enumerate() {
+            let superseded = if i + 1 == n { old.to_vec() } else { vec![] };
+            self.write_object(ObjectKind::Index, &IndexSegment { packs, superseded }.encode())?;
+        }
+        Ok(n as u64)
+    }
+
+    /// Deletes an object; one that is already gone (another process deleted it, or a run that
+    /// was killed had) is not an error. Returns whether this call deleted it.
+    pub fn delete_object(&self, kind: ObjectKind, name: &str) -> Result<bool> {
+        match self.storage.delete(kind, name) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn open_snapshot(&self, name: &str, sealed: &[u8]) -> Result<Snapshot> {
