@@ -3,6 +3,7 @@
 //! `cargo xtask` is an alias (see `.cargo/config.toml`) for `cargo run --quiet --package xtask --`.
 //! Every subcommand runs from the workspace root, whatever directory it was started from.
 
+mod bench;
 mod ci;
 mod cmd;
 mod deps;
@@ -17,6 +18,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [args]
 
 commands:
+  bench [--work DIR] [--tree PATH] [--pgbench-scale N] [--tools LIST] [--no-install]
+                           hoard against restic, borg and rustic on a two-night workload (a real
+                           tree and pgbench dumps): time, CPU, peak RSS, repository size
   ci [--skip STEP]...      run the whole test suite, as CI does (steps: deps, fmt, layering,
                            clippy, test, doc, fuzz; HOARD_CI_FUZZ=0 leaves out fuzz)
   deps [--check] [--list] [GROUP]...
@@ -47,6 +51,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         bail!("no command given");
     };
     match command.as_str() {
+        "bench" => bench::run(rest),
         "ci" => ci::run(rest),
         "deps" => deps::run(rest),
         "fuzz" => fuzz::run(rest),
