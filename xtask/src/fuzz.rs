@@ -21,6 +21,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::cmd::{self, show};
+
 const USAGE: &str = "\
 usage: cargo xtask fuzz --smoke [--seconds N]        run every target N seconds (default 20)
        cargo xtask fuzz --target NAME [--seconds N]  run one target N seconds (default 300)
@@ -96,7 +98,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if chosen.len() == 1 {
         build.arg(&chosen[0]);
     }
-    run_checked(&mut build)?;
+    cmd::run(&mut build)?;
 
     let logs = dir.join("target").join("xtask-logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
@@ -150,31 +152,6 @@ fn cargo_fuzz(dir: &Path, args: &[&str]) -> Command {
     c
 }
 
-fn show(c: &Command) -> String {
-    let mut s = String::new();
-    for (k, v) in c.get_envs() {
-        if let Some(v) = v {
-            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
-        }
-    }
-    s.push_str(&c.get_program().to_string_lossy());
-    for a in c.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-fn run_checked(c: &mut Command) -> Result<()> {
-    let shown = show(c);
-    println!("$ {shown}");
-    let status = c.status().with_context(|| format!("could not start `{shown}`"))?;
-    if !status.success() {
-        bail!("`{shown}` failed ({status})");
-    }
-    Ok(())
-}
-
 /// Installs cargo-fuzz unless `cargo fuzz` already answers.
 fn ensure_cargo_fuzz() -> Result<()> {
     let present = Command::new(cargo())
@@ -188,7 +165,7 @@ fn ensure_cargo_fuzz() -> Result<()> {
         return Ok(());
     }
     println!("cargo-fuzz is not installed; installing it");
-    run_checked(Command::new(cargo()).args(["install", "cargo-fuzz", "--locked"]).stdin(Stdio::null()))
+    cmd::run(Command::new(cargo()).args(["install", "cargo-fuzz", "--locked"]).stdin(Stdio::null()))
         .context("installing cargo-fuzz")
 }
 
