@@ -5,15 +5,21 @@
 //! **API Boundary:** everything above this crate sees only named, immutable objects; nothing
 //! here knows what the bytes mean.
 
+mod counts;
 mod error;
+#[doc(hidden)]
+pub mod fault;
 mod local;
 mod memory;
+mod s3;
 
 use bytes::Bytes;
+pub use counts::{Counters, RequestCounts};
 pub use error::{ErrorKind, StorageError};
 pub use hoard_core::format::ObjectKind;
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
+pub use s3::{S3Options, S3Storage, S3Url};
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
@@ -31,6 +37,47 @@ pub struct ObjectInfo {
 /// The name under which the one config object is stored.
 pub const CONFIG_NAME: &str = "config";
 
+/// The folder of a kind of object, relative to the repository's root (the config has none).
+pub fn kind_dir(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Config => "",
+        ObjectKind::Key => "keys",
+        ObjectKind::Pack => "data",
+        ObjectKind::Index => "index",
+        ObjectKind::Snapshot => "snapshots",
+        ObjectKind::Lock => "locks",
+        ObjectKind::Condemned => "condemned",
+    }
+}
+
+/// Whether `name` can name an object of `kind`: `config` for the config, else 4 to 128
+/// lower-case hex digits. Every backend refuses other names, so no name can climb out of the
+/// repository or collide with a temporary file.
+pub fn valid_name(kind: ObjectKind, name: &str) -> bool {
+    match kind {
+        ObjectKind::Config => name == CONFIG_NAME,
+        _ => {
+            name.len() >= 4
+                && name.len() <= 128
+                && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        }
+    }
+}
+
+/// An object's key relative to the repository's root, the same on every backend:
+/// `config`, `keys/ID`, `data/XX/ID` (packs fanned out by their first two hex digits),
+/// `index/ID`, `snapshots/ID`, `locks/ID`, `condemned/ID`.
+pub fn object_key(kind: ObjectKind, name: &str) -> Result<String> {
+    if !valid_name(kind, name) {
+        return Err(StorageError::new(ErrorKind::Other, format!("invalid {} name {name:?}", kind.name())));
+    }
+    Ok(match kind {
+        ObjectKind::Config => CONFIG_NAME.to_owned(),
+        ObjectKind::Pack => format!("data/{}/{name}", &name[..2]),
+        _ => format!("{}/{name}", kind_dir(kind)),
+    })
+}
+
 /// A place that keeps repository objects.
 ///
 /// The contract every backend keeps, and that the repository relies on:
@@ -44,8 +91,8 @@ pub const CONFIG_NAME: &str = "config";
 ///   fewer. Storage does not judge content: the repository authenticates every byte it reads.
 /// - **Listings may lag** for object stores (eventual consistency) but never show an object
 ///   that `create` has not finished.
-/// - **Delete** of an absent object is [`ErrorKind::NotFound`]; callers that do not care
-///   ignore it.
+/// - **Delete** of an absent object succeeds or fails with [`ErrorKind::NotFound`] (object
+///   stores cannot tell the two apart without another request); callers must not care which.
 /// - Errors say whether retrying can help ([`StorageError::is_temporary`]). A backend whose
 ///   failures can be temporary (network storage) retries them itself, bounded, before giving
 ///   up; the local and in-memory backends have none to retry.
@@ -70,6 +117,22 @@ pub trait Storage: Send + Sync {
 
     /// Deletes an object.
     fn delete(&self, kind: ObjectKind, name: &str) -> Result<()>;
+
+    /// The requests this handle has made so far, by kind, with bytes moved and retries.
+    fn counts(&self) -> RequestCounts {
+        RequestCounts::default()
+    }
+
+    /// How many uploads a writer should keep in flight at once.
+    fn connections(&self) -> usize {
+        2
+    }
+
+    /// Whether every read costs a network request: the repository then keeps metadata it
+    /// reads (tree packs) in its local cache.
+    fn is_remote(&self) -> bool {
+        false
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
@@ -94,6 +157,15 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     fn delete(&self, kind: ObjectKind, name: &str) -> Result<()> {
         (**self).delete(kind, name)
     }
+    fn counts(&self) -> RequestCounts {
+        (**self).counts()
+    }
+    fn connections(&self) -> usize {
+        (**self).connections()
+    }
+    fn is_remote(&self) -> bool {
+        (**self).is_remote()
+    }
 }
 
 /// Reads the last `len` bytes of an object of known size (pack headers live there).
@@ -102,9 +174,10 @@ pub fn read_tail(s: &dyn Storage, kind: ObjectKind, name: &str, size: u64, len: 
     s.read_range(kind, name, size - len, len)
 }
 
-#[cfg(test)]
-pub(crate) mod contract {
-    //! The contract tests every backend must pass.
+#[doc(hidden)]
+pub mod contract {
+    //! The contract tests every backend must pass (used by this crate's tests and by the
+    //! end-to-end tests against a real S3 server). The storage must be empty.
     use super::*;
 
     pub fn run(s: &dyn Storage) {
@@ -129,7 +202,10 @@ pub(crate) mod contract {
         // A kind with no objects yet (or whose directory an older version never made) lists empty.
         assert!(s.list(ObjectKind::Condemned).unwrap().is_empty());
         s.delete(ObjectKind::Pack, "bb22").unwrap();
-        assert_eq!(s.delete(ObjectKind::Pack, "bb22").unwrap_err().kind(), ErrorKind::NotFound);
+        if let Err(e) = s.delete(ObjectKind::Pack, "bb22") {
+            assert_eq!(e.kind(), ErrorKind::NotFound);
+        }
+        assert_eq!(s.read(ObjectKind::Pack, "bb22").unwrap_err().kind(), ErrorKind::NotFound);
         assert_eq!(s.list(ObjectKind::Pack).unwrap().len(), 1);
         s.create(ObjectKind::Config, CONFIG_NAME, &[Bytes::from_static(b"cfg")]).unwrap();
         assert_eq!(s.read(ObjectKind::Config, CONFIG_NAME).unwrap(), b"cfg");

@@ -17,34 +17,15 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use hoard_core::id::random_u64;
 
-use crate::{ErrorKind, ObjectInfo, ObjectKind, Result, Storage, StorageError, CONFIG_NAME};
+use crate::{
+    kind_dir, object_key, valid_name, Counters, ErrorKind, ObjectInfo, ObjectKind, RequestCounts, Result, Storage,
+    StorageError, CONFIG_NAME,
+};
 
 /// A repository directory.
 pub struct LocalStorage {
     root: PathBuf,
-}
-
-fn dir_name(kind: ObjectKind) -> &'static str {
-    match kind {
-        ObjectKind::Config => "",
-        ObjectKind::Key => "keys",
-        ObjectKind::Pack => "data",
-        ObjectKind::Index => "index",
-        ObjectKind::Snapshot => "snapshots",
-        ObjectKind::Lock => "locks",
-        ObjectKind::Condemned => "condemned",
-    }
-}
-
-fn valid_name(kind: ObjectKind, name: &str) -> bool {
-    match kind {
-        ObjectKind::Config => name == CONFIG_NAME,
-        _ => {
-            name.len() >= 4
-                && name.len() <= 128
-                && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        }
-    }
+    counts: Counters,
 }
 
 fn mtime_ns(m: &fs::Metadata) -> i64 {
@@ -59,7 +40,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 impl LocalStorage {
     /// Opens an existing directory (no check that a repository is in it).
     pub fn open(root: impl Into<PathBuf>) -> LocalStorage {
-        LocalStorage { root: root.into() }
+        LocalStorage { root: root.into(), counts: Counters::default() }
     }
 
     /// Creates the directory layout for a new repository. The directory may exist but must be
@@ -99,7 +80,7 @@ impl LocalStorage {
         if let Some(parent) = root.parent() {
             let _ = sync_dir(parent);
         }
-        Ok(LocalStorage { root })
+        Ok(LocalStorage { root, counts: Counters::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -108,14 +89,7 @@ impl LocalStorage {
 
     /// The file path of an object.
     pub fn path(&self, kind: ObjectKind, name: &str) -> Result<PathBuf> {
-        if !valid_name(kind, name) {
-            return Err(StorageError::new(ErrorKind::Other, format!("invalid {} name {name:?}", kind.name())));
-        }
-        Ok(match kind {
-            ObjectKind::Config => self.root.join(CONFIG_NAME),
-            ObjectKind::Pack => self.root.join("data").join(&name[..2]).join(name),
-            _ => self.root.join(dir_name(kind)).join(name),
-        })
+        Ok(self.root.join(object_key(kind, name)?))
     }
 
     fn label(&self, kind: ObjectKind, name: &str) -> String {
@@ -153,18 +127,25 @@ impl Storage for LocalStorage {
     fn create(&self, kind: ObjectKind, name: &str, pieces: &[Bytes]) -> Result<()> {
         let path = self.path(kind, name)?;
         let dir = path.parent().unwrap().to_path_buf();
+        Counters::add(&self.counts.put, 1);
+        Counters::add(&self.counts.bytes_up, pieces.iter().map(|p| p.len() as u64).sum());
         self.write_new(&dir, &path, pieces)
             .map_err(|e| StorageError::io(format!("writing {}", self.label(kind, name)), e))
     }
 
     fn read(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
         let path = self.path(kind, name)?;
-        fs::read(&path).map_err(|e| StorageError::io(format!("reading {}", self.label(kind, name)), e))
+        Counters::add(&self.counts.get, 1);
+        let b = fs::read(&path).map_err(|e| StorageError::io(format!("reading {}", self.label(kind, name)), e))?;
+        Counters::add(&self.counts.bytes_down, b.len() as u64);
+        Ok(b)
     }
 
     fn read_range(&self, kind: ObjectKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let path = self.path(kind, name)?;
         let what = || format!("reading {} bytes at {offset} of {}", len, self.label(kind, name));
+        Counters::add(&self.counts.get, 1);
+        Counters::add(&self.counts.bytes_down, len);
         let f = File::open(&path).map_err(|e| StorageError::io(what(), e))?;
         let mut buf = vec![0u8; usize::try_from(len).map_err(|_| StorageError::new(ErrorKind::Other, what()))?];
         f.read_exact_at(&mut buf, offset).map_err(|e| StorageError::io(what(), e))?;
@@ -173,11 +154,13 @@ impl Storage for LocalStorage {
 
     fn size(&self, kind: ObjectKind, name: &str) -> Result<u64> {
         let path = self.path(kind, name)?;
+        Counters::add(&self.counts.head, 1);
         Ok(fs::metadata(&path).map_err(|e| StorageError::io(format!("reading {}", self.label(kind, name)), e))?.len())
     }
 
     fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>> {
         let what = || format!("listing {}s in {}", kind.name(), self.root.display());
+        Counters::add(&self.counts.list, 1);
         if kind == ObjectKind::Config {
             return match fs::metadata(self.root.join(CONFIG_NAME)) {
                 Ok(m) => Ok(vec![ObjectInfo { name: CONFIG_NAME.into(), size: m.len(), modified_ns: mtime_ns(&m) }]),
@@ -185,7 +168,7 @@ impl Storage for LocalStorage {
                 Err(e) => Err(StorageError::io(what(), e)),
             };
         }
-        let base = self.root.join(dir_name(kind));
+        let base = self.root.join(kind_dir(kind));
         if !base.is_dir() {
             // A kind this repository has no directory for yet (format v1 made no `condemned/`).
             return Ok(vec![]);
@@ -222,9 +205,14 @@ impl Storage for LocalStorage {
 
     fn delete(&self, kind: ObjectKind, name: &str) -> Result<()> {
         let path = self.path(kind, name)?;
+        Counters::add(&self.counts.delete, 1);
         fs::remove_file(&path).map_err(|e| StorageError::io(format!("deleting {}", self.label(kind, name)), e))?;
         sync_dir(path.parent().unwrap())
             .map_err(|e| StorageError::io(format!("deleting {}", self.label(kind, name)), e))
+    }
+
+    fn counts(&self) -> RequestCounts {
+        self.counts.snapshot()
     }
 }
 
