@@ -11,9 +11,9 @@ pub enum RepoError {
     WrongPassword(String),
     #[error("the repository at {location} has format version {found}; this build of hoard understands up to {supported}: upgrade hoard")]
     UnsupportedVersion { location: String, found: u32, supported: u32 },
-    #[error("{0}")]
+    #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("{0}")]
+    #[error(transparent)]
     Index(#[from] hoard_index::IndexError),
     #[error("{context}: {source}")]
     Core { context: String, source: hoard_core::Error },

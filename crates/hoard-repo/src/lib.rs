@@ -9,11 +9,13 @@
 
 pub mod backup;
 pub mod check;
+pub mod copy;
 pub mod error;
 pub mod forget;
 pub mod inspect;
 pub mod lock;
 pub mod meta;
+pub mod packcache;
 pub mod packer;
 pub mod prune;
 pub mod repo;

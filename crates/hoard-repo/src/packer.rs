@@ -68,6 +68,7 @@ impl<'r> Packer<'r> {
         uploaders: usize,
         f: impl FnOnce(&Packer<'r>) -> Result<T>,
     ) -> Result<(T, PackerStats)> {
+        repo.recover_unindexed()?;
         let (tx, rx) = bounded::<FinishedPack>(uploaders.max(1));
         let packer = Packer {
             repo,
@@ -217,11 +218,18 @@ impl<'r> Packer<'r> {
 
     fn upload(&self, p: FinishedPack) -> Result<()> {
         let pieces: Vec<Bytes> = p.pieces.into_iter().map(Bytes::from).collect();
+        // Noted before the upload: a process killed while the request is in flight may still
+        // leave the whole pack in storage, and the note lets the next run find it.
+        let ip = IndexPack { id: p.id, len: p.len, entries: p.entries };
+        self.repo.journal_pack(&ip);
         self.repo.storage().create(ObjectKind::Pack, &p.id.to_hex(), &pieces)?;
+        if ip.entries.iter().all(|e| e.blob_type == BlobType::Tree) {
+            self.repo.cache_pack(&p.id, &pieces);
+        }
         self.packs.fetch_add(1, Relaxed);
         let ready = {
             let mut u = self.uploaded.lock().unwrap();
-            u.push(IndexPack { id: p.id, len: p.len, entries: p.entries });
+            u.push(ip);
             (u.len() >= PACKS_PER_SEGMENT).then(|| std::mem::take(&mut *u))
         };
         if let Some(packs) = ready {
@@ -240,6 +248,7 @@ impl<'r> Packer<'r> {
         let name = self.repo.write_object(ObjectKind::Index, &seg.encode())?;
         self.segments.fetch_add(1, Relaxed);
         self.repo.cache().add_segment(&name.to_hex(), &seg)?;
+        self.repo.journal_done(&seg.packs);
         let mut pending = self.pending.lock().unwrap();
         for p in &seg.packs {
             for e in &p.entries {

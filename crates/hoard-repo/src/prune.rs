@@ -326,7 +326,7 @@ fn run(repo: &Repository, opts: &PruneOptions, session: &Session, stale: Duratio
     // Mark: rewrite what is in use of the packs to repack, then condemn.
     if !repack.is_empty() {
         let doomed: HashSet<Id> = repack.iter().chain(&delete).copied().collect();
-        let ((), stats) = Packer::run(repo, 2, |p| {
+        let ((), stats) = Packer::run(repo, repo.storage().connections(), |p| {
             for pack_id in &repack {
                 let entries = repo.cache().pack_entries(pack_id)?;
                 let bytes = repo.storage().read(ObjectKind::Pack, &pack_id.to_hex())?;

@@ -17,6 +17,7 @@ use hoard_index::IndexCache;
 use hoard_storage::{ErrorKind, Storage, CONFIG_NAME};
 
 use crate::error::{RepoError, Result};
+use crate::packcache::PackCache;
 
 /// An open, unlocked repository.
 pub struct Repository {
@@ -26,6 +27,10 @@ pub struct Repository {
     keys: Keys,
     key_name: String,
     cache: Mutex<IndexCache>,
+    /// Metadata packs kept locally, for repositories on remote storage.
+    packs: Option<PackCache>,
+    /// Packs this host uploaded and has not indexed yet (see [`Repository::journal_pack`]).
+    journal: PathBuf,
 }
 
 /// Settings chosen at `hoard init`.
@@ -74,6 +79,14 @@ fn cache_path(cache_root: &Path, id: &Id) -> PathBuf {
     cache_root.join(id.to_hex()).join("index.sqlite")
 }
 
+fn journal_dir(cache_root: &Path, id: &Id) -> PathBuf {
+    cache_root.join(id.to_hex()).join("unindexed")
+}
+
+fn pack_cache(storage: &dyn Storage, cache_root: &Path, id: &Id) -> Option<PackCache> {
+    storage.is_remote().then(|| PackCache::new(cache_root.join(id.to_hex()).join("packs")))
+}
+
 fn read_config(storage: &dyn Storage) -> Result<Vec<u8>> {
     match storage.read(ObjectKind::Config, CONFIG_NAME) {
         Ok(b) => Ok(b),
@@ -110,7 +123,9 @@ impl Repository {
         storage.create(ObjectKind::Key, &key_name, &[Bytes::from(key_bytes)])?;
         storage.create(ObjectKind::Config, CONFIG_NAME, &[Bytes::from(config.encode(&keys))])?;
         let cache = IndexCache::open(&cache_path(cache_root, &config.id), &config.id)?;
-        Ok(Repository { storage, config, master, keys, key_name, cache: Mutex::new(cache) })
+        let packs = pack_cache(&*storage, cache_root, &config.id);
+        let journal = journal_dir(cache_root, &config.id);
+        Ok(Repository { storage, config, master, keys, key_name, cache: Mutex::new(cache), packs, journal })
     }
 
     /// The format version of the repository, without a password.
@@ -177,7 +192,9 @@ impl Repository {
             (None, None) => return Err(RepoError::WrongPassword(storage.location())),
         };
         let cache = IndexCache::open(&cache_path(cache_root, &config.id), &config.id)?;
-        let repo = Repository { storage, config, master, keys, key_name, cache: Mutex::new(cache) };
+        let packs = pack_cache(&*storage, cache_root, &config.id);
+        let journal = journal_dir(cache_root, &config.id);
+        let repo = Repository { storage, config, master, keys, key_name, cache: Mutex::new(cache), packs, journal };
         repo.sync_index()?;
         Ok(repo)
     }
@@ -293,6 +310,9 @@ impl Repository {
     /// Deletes an object; one that is already gone (another process deleted it, or a run that
     /// was killed had) is not an error. Returns whether this call deleted it.
     pub fn delete_object(&self, kind: ObjectKind, name: &str) -> Result<bool> {
+        if let (Some(c), ObjectKind::Pack, Ok(id)) = (&self.packs, kind, Id::from_hex(name)) {
+            c.remove(&id);
+        }
         match self.storage.delete(kind, name) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
@@ -381,20 +401,120 @@ impl Repository {
         }
         let mut last = None;
         for loc in locations {
+            let open = |stored: &[u8]| {
+                pack::open_blob(&self.keys, &loc.pack, &loc.entry, stored)
+                    .map_err(|e| RepoError::core(format!("blob {} in pack {}", id.short(), loc.pack), e))
+            };
+            let (offset, len) = (loc.entry.offset, u64::from(loc.entry.length));
+            if let (Some(cache), BlobType::Tree) = (&self.packs, loc.entry.blob_type) {
+                if let Some(stored) = cache.read_range(&loc.pack, offset, len) {
+                    match open(&stored) {
+                        Ok(b) => return Ok(b),
+                        Err(e) => {
+                            tracing::warn!(
+                                "the local copy of pack {} is damaged; reading it again: {e}",
+                                loc.pack.short()
+                            );
+                            cache.remove(&loc.pack);
+                        }
+                    }
+                }
+                // Fetch the whole metadata pack once instead of one request per tree.
+                let r =
+                    self.storage.read(ObjectKind::Pack, &loc.pack.to_hex()).map_err(RepoError::from).and_then(|all| {
+                        let end = offset.checked_add(len).filter(|&e| e <= all.len() as u64).ok_or_else(|| {
+                            RepoError::Invalid(format!("pack {} is shorter than the index says", loc.pack.short()))
+                        })?;
+                        let b = open(&all[offset as usize..end as usize])?;
+                        cache.put(&loc.pack, &[Bytes::from(all)]);
+                        Ok(b)
+                    });
+                match r {
+                    Ok(b) => return Ok(b),
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                }
+            }
             let r = self
                 .storage
-                .read_range(ObjectKind::Pack, &loc.pack.to_hex(), loc.entry.offset, loc.entry.length.into())
+                .read_range(ObjectKind::Pack, &loc.pack.to_hex(), offset, len)
                 .map_err(RepoError::from)
-                .and_then(|stored| {
-                    pack::open_blob(&self.keys, &loc.pack, &loc.entry, &stored)
-                        .map_err(|e| RepoError::core(format!("blob {} in pack {}", id.short(), loc.pack), e))
-                });
+                .and_then(|stored| open(&stored));
             match r {
                 Ok(b) => return Ok(b),
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap())
+    }
+
+    /// Notes locally that a pack is in storage but not yet in an index segment. When the process
+    /// dies (or the storage goes away) before the segment is written, the next writer on this
+    /// host indexes the pack ([`Repository::recover_unindexed`]) instead of uploading its blobs
+    /// again. Best effort: without the note, the pack is only stored twice until a prune.
+    pub(crate) fn journal_pack(&self, p: &IndexPack) {
+        let seg = IndexSegment { packs: vec![p.clone()], superseded: vec![] };
+        let r = std::fs::create_dir_all(&self.journal)
+            .and_then(|()| std::fs::write(self.journal.join(p.id.to_hex()), seg.encode()));
+        if let Err(e) = r {
+            tracing::debug!("could not note pack {} in {}: {e}", p.id.short(), self.journal.display());
+        }
+    }
+
+    /// Forgets the notes of packs that an index segment now lists.
+    pub(crate) fn journal_done(&self, packs: &[IndexPack]) {
+        for p in packs {
+            let _ = std::fs::remove_file(self.journal.join(p.id.to_hex()));
+        }
+    }
+
+    /// Indexes the packs an earlier, interrupted run on this host uploaded but never indexed,
+    /// after checking that each is in storage at its full length. Returns how many.
+    pub fn recover_unindexed(&self) -> Result<usize> {
+        let Ok(dir) = std::fs::read_dir(&self.journal) else { return Ok(0) };
+        let mut found = Vec::new();
+        let mut files = Vec::new();
+        for e in dir.flatten() {
+            let path = e.path();
+            let Some(p) = std::fs::read(&path)
+                .ok()
+                .and_then(|b| IndexSegment::decode(&b).ok())
+                .and_then(|s| s.packs.into_iter().next())
+            else {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            files.push(path);
+            if self.cache().segment_of(&p.id)?.is_some() {
+                continue;
+            }
+            match self.storage.size(ObjectKind::Pack, &p.id.to_hex()) {
+                Ok(n) if n == p.len => found.push(p),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let n = found.len();
+        if !found.is_empty() {
+            let seg = IndexSegment { packs: found, superseded: vec![] };
+            let name = self.write_object(ObjectKind::Index, &seg.encode())?;
+            self.cache().add_segment(&name.to_hex(), &seg)?;
+            tracing::info!("indexed {n} packs an interrupted run uploaded");
+        }
+        for f in files {
+            let _ = std::fs::remove_file(f);
+        }
+        Ok(n)
+    }
+
+    /// Keeps a copy of a metadata pack this process uploaded, when the repository is remote.
+    pub(crate) fn cache_pack(&self, id: &Id, pieces: &[Bytes]) {
+        if let Some(c) = &self.packs {
+            c.put(id, pieces);
+        }
     }
 
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {

@@ -130,6 +130,10 @@ struct Walker<'a, 'r> {
     summary: Mutex<Summary>,
     warnings: Mutex<Vec<String>>,
     pipeline: std::cell::RefCell<Pipeline>,
+    /// Record nodes in the portable form of [`super::volume::portable`] (Docker volumes), and
+    /// read every file modified at or after this time (Unix ns), since portable nodes keep
+    /// neither ctime nor inode to tell a change within the same second.
+    portable: Option<i64>,
 }
 
 fn build_globs(patterns: &[String]) -> Result<(GlobSet, GlobSet)> {
@@ -223,6 +227,9 @@ impl Walker<'_, '_> {
                 Ok(x) => node.xattrs = x,
                 Err(e) => self.warn(format!("{}: extended attributes not read: {e}", path.display())),
             }
+            if self.portable.is_some() {
+                super::volume::portable(&mut node);
+            }
             let pnode = find(parent, &name);
             match node.kind() {
                 NodeKind::Dir => {
@@ -262,7 +269,8 @@ impl Walker<'_, '_> {
                                 && p.ctime_ns == node.ctime_ns
                                 && p.inode == node.inode
                                 && (p.size == 0 || p.content != Content::None)
-                        });
+                        })
+                        && self.portable.is_none_or(|racy| node.mtime_ns < racy);
                     // The parent's chunks must still be there, and not condemned by a prune.
                     let unchanged = unchanged && self.packer.repo().content_live(&pnode.unwrap().content)?;
                     if unchanged {
@@ -458,35 +466,10 @@ pub fn backup_paths(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) 
         }
         None => None,
     };
-    let chunker = Chunker::new(repo.config().files_chunker, repo.keys());
-    let flight = Flight::new(FLIGHT_BYTES);
-    let readers = opts.readers.max(1);
     super::locked(repo, opts, |session| {
-        let ((tree, summary, warnings), stats) = Packer::run(repo, 2, |packer| {
-            let (jobs_tx, jobs_rx) = bounded::<Job>(256);
-            std::thread::scope(|s| {
-                for _ in 0..readers {
-                    let rx = jobs_rx.clone();
-                    let (chunker, flight) = (&chunker, &flight);
-                    s.spawn(move || {
-                        for job in rx {
-                            let r = read_file(&job, chunker, packer, flight, opts);
-                            let _ = job.reply.send(r);
-                        }
-                    });
-                }
-                let walker = Walker {
-                    packer,
-                    opts,
-                    excludes,
-                    basename_excludes,
-                    names: Names::default(),
-                    jobs: jobs_tx,
-                    summary: Mutex::new(Summary::default()),
-                    warnings: Mutex::new(Vec::new()),
-                    pipeline: Default::default(),
-                };
-                let r = if root.whole {
+        let ((tree, summary, warnings), stats) = Packer::run(repo, repo.storage().connections(), |packer| {
+            walk(packer, opts, excludes, basename_excludes, None, |walker| {
+                if root.whole {
                     walker
                         .list(Path::new("/"))
                         .map_err(|e| RepoError::io("/", e))
@@ -494,13 +477,7 @@ pub fn backup_paths(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) 
                 } else {
                     let children = root.children.iter().map(|(n, s)| (n.clone(), Some(s))).collect();
                     walker.dir(Path::new("/"), children, parent_tree.as_ref(), None)
-                };
-                let r = r.and_then(|slot| {
-                    walker.drain(true)?;
-                    Ok(walker.pipeline.borrow_mut().take(slot))
-                });
-                let Walker { summary, warnings, .. } = walker; // closes the job channel
-                r.map(|t| (t, summary.into_inner().unwrap(), warnings.into_inner().unwrap()))
+                }
             })
         })?;
         commit(
@@ -518,4 +495,76 @@ pub fn backup_paths(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) 
             warnings,
         )
     })
+}
+
+/// Runs the reader threads and a walker; `start` walks and returns the root's slot.
+fn walk(
+    packer: &Packer,
+    opts: &BackupOptions,
+    excludes: GlobSet,
+    basename_excludes: GlobSet,
+    portable: Option<i64>,
+    start: impl FnOnce(&Walker) -> Result<usize>,
+) -> Result<(Id, Summary, Vec<String>)> {
+    let repo = packer.repo();
+    let chunker = Chunker::new(repo.config().files_chunker, repo.keys());
+    let flight = Flight::new(FLIGHT_BYTES);
+    let readers = opts.readers.max(1);
+    let (jobs_tx, jobs_rx) = bounded::<Job>(256);
+    std::thread::scope(|s| {
+        for _ in 0..readers {
+            let rx = jobs_rx.clone();
+            let (chunker, flight) = (&chunker, &flight);
+            s.spawn(move || {
+                for job in rx {
+                    let r = read_file(&job, chunker, packer, flight, opts);
+                    let _ = job.reply.send(r);
+                }
+            });
+        }
+        let walker = Walker {
+            packer,
+            opts,
+            excludes,
+            basename_excludes,
+            names: Names::default(),
+            jobs: jobs_tx,
+            summary: Mutex::new(Summary::default()),
+            warnings: Mutex::new(Vec::new()),
+            pipeline: Default::default(),
+            portable,
+        };
+        let r = start(&walker).and_then(|slot| {
+            walker.drain(true)?;
+            Ok(walker.pipeline.borrow_mut().take(slot))
+        });
+        let Walker { summary, warnings, .. } = walker; // closes the job channel
+        r.map(|t| (t, summary.into_inner().unwrap(), warnings.into_inner().unwrap()))
+    })
+}
+
+/// Stores the content of directory `dir` as a tree of its own (paths relative to `dir`), its
+/// nodes in portable form, against the tree `parent`. Returns the tree, the summary, warnings,
+/// and `dir`'s own metadata (portable).
+pub(crate) fn tree_of_dir(
+    packer: &Packer,
+    dir: &Path,
+    parent: Option<&Tree>,
+    opts: &BackupOptions,
+    started_ns: i64,
+) -> Result<(Id, Summary, Vec<String>, Node)> {
+    let meta = fs::symlink_metadata(dir).map_err(|e| RepoError::io(dir.display().to_string(), e))?;
+    if !meta.is_dir() {
+        return Err(RepoError::Invalid(format!("{} is not a directory", dir.display())));
+    }
+    let mut root = node_from_metadata(b"", &meta, &Names::default());
+    super::volume::portable(&mut root);
+    let (excludes, basename_excludes) = build_globs(&opts.excludes)?;
+    // Files modified in the second before the walk started, or later, are always read.
+    let racy = (started_ns.div_euclid(1_000_000_000) - 1) * 1_000_000_000;
+    let (tree, summary, warnings) = walk(packer, opts, excludes, basename_excludes, Some(racy), |walker| {
+        let children = walker.list(dir).map_err(|e| RepoError::io(dir.display().to_string(), e))?;
+        walker.dir(dir, children, parent, Some(meta.dev()).filter(|_| opts.one_file_system))
+    })?;
+    Ok((tree, summary, warnings, root))
 }

@@ -7,6 +7,7 @@ pub mod fs;
 pub mod stream;
 pub mod tar;
 pub mod treebuild;
+pub mod volume;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;

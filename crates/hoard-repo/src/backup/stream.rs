@@ -46,7 +46,23 @@ pub fn backup_stream(
     opts: &BackupOptions,
     finish: &mut dyn FnMut() -> Result<()>,
 ) -> Result<BackupResult> {
-    check_name(src.name)?;
+    backup_stream_file(repo, input, src, src.name, opts, finish)
+}
+
+/// [`backup_stream`] with a file name of its own: a database dump's source name says where it
+/// came from (`localhost:5432/shop`, with a '/'), its file is `shop.sql`.
+pub fn backup_stream_file(
+    repo: &Repository,
+    input: &mut dyn Read,
+    src: &StreamSource,
+    file: &str,
+    opts: &BackupOptions,
+    finish: &mut dyn FnMut() -> Result<()>,
+) -> Result<BackupResult> {
+    check_name(file)?;
+    if src.name.is_empty() {
+        return Err(RepoError::Invalid("a stream's source name cannot be empty".into()));
+    }
     let started = Instant::now();
     let parent =
         super::parent(repo, opts, &|s| s.source_kind == src.kind && s.source_name == src.name && s.host == opts.host)?;
@@ -54,7 +70,7 @@ pub fn backup_stream(
     let flight = Flight::new(FLIGHT_BYTES);
     let progress = &opts.progress;
     super::locked(repo, opts, |session| {
-        let ((tree, summary), stats) = Packer::run(repo, 2, |packer| {
+        let ((tree, summary), stats) = Packer::run(repo, repo.storage().connections(), |packer| {
             let chunked = chunk_stream(input, &chunker, packer, &flight, &opts.cancel, &|n| {
                 progress.bytes_read.fetch_add(n, Relaxed);
             })?;
@@ -63,7 +79,7 @@ pub fn backup_stream(
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
             let now = now_ns();
             let node = Node {
-                name: src.name.as_bytes().to_vec(),
+                name: file.as_bytes().to_vec(),
                 kind: Some(NodeKind::File),
                 mode: 0o600,
                 uid,

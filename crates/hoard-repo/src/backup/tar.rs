@@ -43,6 +43,20 @@ pub fn tree_from_tar(
     strip: usize,
     opts: &BackupOptions,
 ) -> Result<(hoard_core::Id, Summary)> {
+    tree_from_tar_with(packer, input, strip, opts, false).map(|(tree, summary, _)| (tree, summary))
+}
+
+/// [`tree_from_tar`], with nodes in the portable form of [`super::volume::portable`] when
+/// `portable` is set; also returns the top directory's own entry when `strip` is 1 and the
+/// stream has one (a volume's root: its owner and mode).
+pub(crate) fn tree_from_tar_with(
+    packer: &Packer,
+    input: &mut dyn Read,
+    strip: usize,
+    opts: &BackupOptions,
+    portable: bool,
+) -> Result<(hoard_core::Id, Summary, Option<Node>)> {
+    let mut top = None;
     let repo = packer.repo();
     let chunker = Chunker::new(repo.config().files_chunker, repo.keys());
     let flight = Flight::new(FLIGHT_BYTES);
@@ -58,16 +72,14 @@ pub fn tree_from_tar(
         let mut entry = entry.map_err(bad)?;
         let path = entry.path().map_err(bad)?.into_owned();
         let mut comps = components(&path)?;
-        if comps.len() <= strip {
-            if comps.len() == strip && entry.header().entry_type() == EntryType::Directory {
-                // The top directory itself: its metadata becomes the root's.
-            }
+        let is_top = comps.len() == strip && strip > 0 && entry.header().entry_type() == EntryType::Directory;
+        if comps.len() <= strip && !is_top {
             continue;
         }
         comps.drain(..strip);
         let h = entry.header().clone();
         let mut node = Node {
-            name: comps.last().unwrap().clone(),
+            name: comps.last().cloned().unwrap_or_default(),
             // Numeric fields some writers leave blank read as 0 rather than failing the backup.
             mode: h.mode().unwrap_or(0o644) & 0o7777,
             uid: h.uid().unwrap_or(0) as u32,
@@ -91,6 +103,14 @@ pub fn tree_from_tar(
                 }
             }
             node.xattrs.sort();
+        }
+        if is_top {
+            node.kind = Some(NodeKind::Dir);
+            if portable {
+                super::volume::portable(&mut node);
+            }
+            top = Some(node);
+            continue;
         }
         let (dirs, _) = comps.split_at(comps.len() - 1);
         match h.entry_type() {
@@ -163,8 +183,24 @@ pub fn tree_from_tar(
         }
         root.dir_mut(dirs).children.insert(node.name.clone(), MemEntry::Leaf(node));
     }
+    if portable {
+        // After the whole stream: hard links have their final counts only now.
+        portable_tree(&mut root);
+    }
     let tree = root.store(packer)?;
-    Ok((tree, summary))
+    Ok((tree, summary, top))
+}
+
+fn portable_tree(d: &mut MemDir) {
+    if let Some(n) = &mut d.node {
+        super::volume::portable(n);
+    }
+    for e in d.children.values_mut() {
+        match e {
+            MemEntry::Leaf(n) => super::volume::portable(n),
+            MemEntry::Dir(sub) => portable_tree(sub),
+        }
+    }
 }
 
 fn fix_links(d: &mut MemDir, inode: u64, links: u64) {
@@ -198,7 +234,8 @@ pub fn backup_tar(
 ) -> Result<BackupResult> {
     let started = Instant::now();
     super::locked(repo, opts, |session| {
-        let ((tree, summary), stats) = Packer::run(repo, 2, |packer| tree_from_tar(packer, input, strip, opts))?;
+        let ((tree, summary), stats) =
+            Packer::run(repo, repo.storage().connections(), |packer| tree_from_tar(packer, input, strip, opts))?;
         commit(session, repo, opts, kind, name, vec![], opts.parent, tree, summary, stats, started, vec![])
     })
 }
