@@ -20,10 +20,20 @@ pub const LOCKED: i32 = 11;
 pub const WRONG_PASSWORD: i32 = 12;
 /// The repository was written by a newer, unknown format version.
 pub const UNSUPPORTED_VERSION: i32 = 13;
-/// The command whose output was being backed up failed; nothing was committed.
+/// The command whose output was being backed up failed, or a container's `hoard.pre` command did;
+/// nothing was committed (a failed `hoard.post` comes after its snapshot was committed).
 pub const SOURCE_FAILED: i32 = 14;
 /// The repository's storage is full; nothing was committed.
 pub const NO_SPACE: i32 = 15;
+/// The Docker engine is not running, not reachable at DOCKER_HOST, or its socket is not permitted.
+pub const DOCKER_UNAVAILABLE: i32 = 16;
+/// A Docker volume was left alone: in use without a stop label under `--require-quiet`, or not
+/// empty on restore without `--force`.
+pub const DOCKER_REFUSED: i32 = 17;
+/// The repository's storage kept failing (network, server errors, throttling) after retries.
+pub const STORAGE_UNAVAILABLE: i32 = 18;
+/// The repository's storage refused access: credentials, permissions, missing bucket.
+pub const STORAGE_DENIED: i32 = 19;
 /// Interrupted by a signal; nothing was committed.
 pub const INTERRUPTED: i32 = 130;
 
@@ -39,10 +49,36 @@ pub fn code(e: &anyhow::Error) -> i32 {
                 RepoError::Interrupted => INTERRUPTED,
                 RepoError::Locked(_) => LOCKED,
                 r if r.is_no_space() => NO_SPACE,
+                RepoError::Storage(e) => storage_code(e),
+                _ => FAILURE,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<hoard_storage::StorageError>() {
+            return storage_code(e);
+        }
+    }
+    for cause in e.chain() {
+        if cause.downcast_ref::<crate::docker::Refused>().is_some() {
+            return DOCKER_REFUSED;
+        }
+        if let Some(d) = cause.downcast_ref::<hoard_docker::DockerError>() {
+            return match d {
+                d if d.is_unavailable() => DOCKER_UNAVAILABLE,
+                hoard_docker::DockerError::CommandFailed { .. } => SOURCE_FAILED,
                 _ => FAILURE,
             };
         }
     }
     let _ = (OK, USAGE);
     FAILURE
+}
+
+fn storage_code(e: &hoard_storage::StorageError) -> i32 {
+    use hoard_storage::ErrorKind as K;
+    match e.kind() {
+        K::NoSpace => NO_SPACE,
+        K::Temporary => STORAGE_UNAVAILABLE,
+        K::PermissionDenied => STORAGE_DENIED,
+        _ => FAILURE,
+    }
 }

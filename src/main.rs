@@ -4,6 +4,8 @@
 // Doc comments here are clap's help text ("SNAPSHOT[:PATH]"), not intra-doc links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+mod db;
+mod docker;
 mod exit;
 mod output;
 mod password;
@@ -19,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use hoard_core::format::keyfile::KeyMeta;
 use hoard_core::format::snapshot::Snapshot;
 use hoard_core::format::tree::{Node, NodeKind};
+use hoard_core::format::ObjectKind;
 use hoard_core::{ChunkerParams, KdfParams};
 use hoard_repo::backup::{self, BackupOptions, BackupResult, Progress};
 use hoard_repo::check::Subset;
@@ -27,7 +30,7 @@ use hoard_repo::inspect;
 use hoard_repo::prune;
 use hoard_repo::restore::{self, RestoreOptions};
 use hoard_repo::{InitOptions, Repository, SnapshotEntry};
-use hoard_storage::{LocalStorage, Storage};
+use hoard_storage::{LocalStorage, RequestCounts, S3Options, S3Storage, S3Url, Storage};
 use jiff::tz::TimeZone;
 use serde_json::{json, Value};
 
@@ -38,9 +41,14 @@ use serde_json::{json, Value};
     about = "Deduplicating, encrypted backups of file trees, Docker volumes and database dumps"
 )]
 struct Cli {
-    /// Repository location (a directory). Default: $XDG_DATA_HOME/hoard/repository.
+    /// Repository location: a directory, s3://BUCKET/PREFIX (AWS), s3:https://HOST/BUCKET/PREFIX
+    /// (any S3-compatible endpoint) or spaces://REGION/BUCKET/PREFIX (DigitalOcean Spaces).
+    /// Default: $XDG_DATA_HOME/hoard/repository.
     #[arg(short = 'r', long, env = "HOARD_REPOSITORY", global = true)]
     repo: Option<String>,
+    /// Uploads to keep in flight at once (object storage; default 4, a local directory 2).
+    #[arg(long, env = "HOARD_CONNECTIONS", global = true, value_parser = clap::value_parser!(u16).range(1..=64))]
+    connections: Option<u16>,
     /// Read the password from this file (or set HOARD_PASSWORD / HOARD_PASSWORD_FILE).
     #[arg(long, global = true)]
     password_file: Option<String>,
@@ -70,10 +78,12 @@ struct Cli {
 enum Cmd {
     /// Create a new repository.
     Init(InitArgs),
-    /// Back up paths, standard input, or a command's output.
+    /// Back up paths, standard input, or a command's output; or dump a database.
     Backup(BackupArgs),
     /// List snapshots.
     Snapshots(FilterArgs),
+    /// Copy snapshots from another repository into this one (--to), only what it lacks.
+    Copy(CopyArgs),
     /// Remove snapshots by a retention policy (--keep-*), or the ones named.
     Forget(ForgetArgs),
     /// Delete data no snapshot uses; safe while backups run.
@@ -95,7 +105,7 @@ enum Cmd {
         #[command(flatten)]
         filter: FilterArgs,
     },
-    /// Restore a snapshot (or a path in it) to a directory.
+    /// Restore a snapshot (or a path in it) to a directory; or load a dump into a database.
     Restore(RestoreArgs),
     /// Write a file (or a stream snapshot's data) to standard output; a directory as tar.
     Dump {
@@ -128,6 +138,9 @@ enum Cmd {
     /// Rebuild parts of the repository.
     #[command(subcommand)]
     Repair(RepairCmd),
+    /// Look at the Docker engine's volumes and mounts.
+    #[command(subcommand)]
+    Docker(docker::DockerCmd),
 }
 
 #[derive(Args)]
@@ -156,7 +169,11 @@ struct InitArgs {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct BackupArgs {
+    /// Back up something other than paths.
+    #[command(subcommand)]
+    source: Option<BackupSource>,
     /// Files and directories to back up.
     paths: Vec<PathBuf>,
     /// Back up standard input as one stream (needs --name).
@@ -229,13 +246,56 @@ impl FilterArgs {
     }
 }
 
+/// What `hoard backup` takes besides paths: Docker volumes, database dumps.
+#[derive(Subcommand)]
+enum BackupSource {
+    #[command(flatten)]
+    Docker(docker::BackupSource),
+    #[command(flatten)]
+    Db(db::BackupDb),
+}
+
+/// What `hoard restore` restores into besides a directory: Docker volumes, databases.
+#[derive(Subcommand)]
+enum RestoreSource {
+    #[command(flatten)]
+    Docker(docker::RestoreSource),
+    #[command(flatten)]
+    Db(db::RestoreDb),
+}
+
 #[derive(Args)]
+struct CopyArgs {
+    /// The repository to copy from.
+    #[arg(long, value_name = "REPO")]
+    from: String,
+    /// The repository to copy into. Default: the repository (-r / HOARD_REPOSITORY).
+    #[arg(long, value_name = "REPO")]
+    to: Option<String>,
+    /// The source repository's password file (else HOARD_FROM_PASSWORD, else the target's).
+    #[arg(long)]
+    from_password_file: Option<String>,
+    /// A command that prints the source repository's password.
+    #[arg(long)]
+    from_password_command: Option<String>,
+    /// Snapshots to copy (ids, prefixes or `latest`); default: every one that matches the filters.
+    snapshots: Vec<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct RestoreArgs {
+    /// Restore into something other than a directory.
+    #[command(subcommand)]
+    source: Option<RestoreSource>,
     /// SNAPSHOT[:PATH]: an id, unique id prefix or `latest`, and optionally a path in it.
-    snapshot: String,
+    #[arg(required = true)]
+    snapshot: Option<String>,
     /// Directory to restore into.
-    #[arg(short, long)]
-    target: PathBuf,
+    #[arg(short, long, required = true)]
+    target: Option<PathBuf>,
     /// Restore only paths matching a glob (repeatable).
     #[arg(short, long = "include")]
     includes: Vec<String>,
@@ -248,9 +308,10 @@ struct RestoreArgs {
     /// Write zero chunks of sparse files as data instead of holes.
     #[arg(long)]
     no_sparse: bool,
-    /// Files restored at once.
-    #[arg(long, default_value_t = 4)]
-    threads: usize,
+    /// Files restored at once (default 4; on object storage, twice --connections, since each
+    /// waits on the network).
+    #[arg(long)]
+    threads: Option<usize>,
     #[command(flatten)]
     filter: FilterArgs,
 }
@@ -315,6 +376,9 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 /// Everything commands share.
 struct Ctx {
     cli_repo: Option<String>,
+    connections: Option<u16>,
+    /// The repository's storage once opened: its request counts go into summaries.
+    storage: std::sync::OnceLock<Arc<dyn Storage>>,
     pw: password::Source,
     cache_dir: PathBuf,
     json: bool,
@@ -365,19 +429,25 @@ impl Ctx {
     }
 
     fn storage(&self) -> Result<Arc<dyn Storage>> {
-        let loc = self.location();
-        if loc.contains("://") || loc.starts_with("s3:") {
-            bail!("{loc}: only local directories are supported by this build");
+        if let Some(s) = self.storage.get() {
+            return Ok(s.clone());
         }
-        let p = Path::new(&loc);
-        if p.exists() && !p.is_dir() {
-            bail!("{loc} is a file, not a repository directory");
-        }
-        Ok(Arc::new(LocalStorage::open(p)))
+        let s = open_storage(&self.location(), self.connections)?;
+        Ok(self.storage.get_or_init(|| s).clone())
+    }
+
+    /// What the repository's storage was asked to do so far in this run.
+    fn requests(&self) -> RequestCounts {
+        self.storage.get().map(|s| s.counts()).unwrap_or_default()
     }
 
     fn open(&self) -> Result<Repository> {
         let storage = self.storage()?;
+        self.open_with(storage, &|label| password::get(&self.pw, label))
+    }
+
+    /// Opens the repository in `storage`, asking `password` for its password.
+    fn open_with(&self, storage: Arc<dyn Storage>, password: &dyn Fn(&str) -> Result<String>) -> Result<Repository> {
         // Refuse unknown versions and missing repositories before asking for a password.
         let v = Repository::peek_version(&*storage)?;
         if v > hoard_core::FORMAT_VERSION || v == 0 {
@@ -388,13 +458,32 @@ impl Ctx {
             }
             .into());
         }
-        let pw = password::get(&self.pw, &format!("password for {}: ", storage.location()))?;
+        let pw = password(&format!("password for {}: ", storage.location()))?;
         Ok(Repository::open(storage, pw.as_bytes(), &self.cache_dir)?)
     }
 
     fn print_json(&self, v: &Value) -> Result<()> {
         out(&format!("{}\n", serde_json::to_string_pretty(v)?))
     }
+}
+
+/// The storage a repository URL or path names.
+fn open_storage(loc: &str, connections: Option<u16>) -> Result<Arc<dyn Storage>> {
+    if let Some(url) = S3Url::parse(loc).map_err(|e| anyhow!(e))? {
+        let mut opts = S3Options::from_env().map_err(|e| anyhow!(e))?;
+        if let Some(c) = connections {
+            opts.connections = c.into();
+        }
+        return Ok(Arc::new(S3Storage::open(url, opts)?));
+    }
+    if loc.contains("://") {
+        bail!("{loc}: unknown kind of repository URL (use a directory, s3://, s3:https:// or spaces://)");
+    }
+    let p = Path::new(loc);
+    if p.exists() && !p.is_dir() {
+        bail!("{loc} is a file, not a repository directory");
+    }
+    Ok(Arc::new(LocalStorage::open(p)))
 }
 
 /// Writes to stdout; a closed pipe ends the program quietly, as `head` users expect.
@@ -432,6 +521,37 @@ fn snapshot_json(e: &SnapshotEntry) -> Value {
             "changed_during_read": m.changed_during_read,
         }
     })
+}
+
+fn requests_json(c: &RequestCounts) -> Value {
+    json!({
+        "total": c.total(), "put": c.put, "get": c.get, "head": c.head, "list": c.list, "delete": c.delete,
+        "multipart_create": c.multipart_create, "multipart_part": c.multipart_part,
+        "multipart_complete": c.multipart_complete, "multipart_abort": c.multipart_abort,
+        "retries": c.retries, "bytes_up": c.bytes_up, "bytes_down": c.bytes_down,
+    })
+}
+
+/// "57 (12 PUT, 30 GET, 9 LIST, …), 48.0 MiB up, 1.2 MiB down, 3 retried".
+fn requests_line(c: &RequestCounts) -> String {
+    let kinds = [
+        (c.put, "PUT"),
+        (c.get, "GET"),
+        (c.head, "HEAD"),
+        (c.list, "LIST"),
+        (c.delete, "DELETE"),
+        (c.multipart_create + c.multipart_complete + c.multipart_abort, "multipart"),
+        (c.multipart_part, "parts"),
+    ];
+    let parts: Vec<String> = kinds.iter().filter(|(n, _)| *n > 0).map(|(n, k)| format!("{n} {k}")).collect();
+    format!(
+        "{} ({}), {} up, {} down, {} retried",
+        c.total(),
+        parts.join(", "),
+        output::bytes(c.bytes_up),
+        output::bytes(c.bytes_down),
+        c.retries
+    )
 }
 
 fn node_json(path: &str, n: &Node) -> Value {
@@ -522,12 +642,26 @@ fn cmd_init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
         ..KdfParams::default()
     };
     opts.meta = KeyMeta { created_ns: now_ns(), host: hostname(), user: username() };
-    if path.join("config").exists() {
-        bail!("a repository already exists at {loc}");
-    }
+    // Refuse an existing repository before asking for a password.
+    let remote: Option<Arc<dyn Storage>> = if S3Url::parse(&loc).map_err(|e| anyhow!(e))?.is_some() {
+        // An object store has no directories to make; the bucket must exist.
+        let s = ctx.storage()?;
+        if !s.list(ObjectKind::Config)?.is_empty() {
+            bail!("a repository already exists at {loc}");
+        }
+        Some(s)
+    } else {
+        if path.join("config").exists() {
+            bail!("a repository already exists at {loc}");
+        }
+        None
+    };
     let pw = password::get_new(a.new_password_file.as_deref(), true, &ctx.pw)?;
-    let storage = LocalStorage::create_layout(&path)?;
-    let repo = Repository::init(Arc::new(storage), pw.as_bytes(), opts, &ctx.cache_dir)?;
+    let storage = match remote {
+        Some(s) => s,
+        None => Arc::new(LocalStorage::create_layout(&path)?),
+    };
+    let repo = Repository::init(storage, pw.as_bytes(), opts, &ctx.cache_dir)?;
     if ctx.json {
         ctx.print_json(&json!({"id": repo.config().id.to_hex(), "repository": loc}))?;
     } else if !ctx.quiet {
@@ -541,9 +675,11 @@ fn cmd_init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
 
 fn print_backup(ctx: &Ctx, r: &BackupResult) -> Result<()> {
     let e = SnapshotEntry { id: r.id, snapshot: r.snapshot.clone() };
+    let requests = ctx.requests();
     if ctx.json {
         let mut v = snapshot_json(&e);
         v["warnings"] = json!(r.warnings);
+        v["requests"] = requests_json(&requests);
         return ctx.print_json(&v);
     }
     if ctx.quiet {
@@ -556,6 +692,7 @@ fn print_backup(ctx: &Ctx, r: &BackupResult) -> Result<()> {
          Dirs:        {}\n\
          Read:        {} of {} in {:.2}s\n\
          Added:       {} new data, {} stored in {} packs\n\
+         Requests:    {}\n\
          {}{}snapshot {} saved\n",
         m.files_new,
         m.files_changed,
@@ -567,6 +704,7 @@ fn print_backup(ctx: &Ctx, r: &BackupResult) -> Result<()> {
         output::bytes(m.bytes_new),
         output::bytes(m.bytes_stored),
         m.packs_written,
+        requests_line(&requests),
         if m.errors > 0 {
             format!("Errors:      {} entries could not be read (see above)\n", m.errors)
         } else {
@@ -582,6 +720,11 @@ fn print_backup(ctx: &Ctx, r: &BackupResult) -> Result<()> {
 }
 
 fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
+    match a.source {
+        Some(BackupSource::Docker(docker::BackupSource::Docker(d))) => return docker::cmd_backup(ctx, d),
+        Some(BackupSource::Db(d)) => return db::backup(ctx, d),
+        None => {}
+    }
     let mut excludes = a.excludes.clone();
     for f in &a.exclude_files {
         let s = std::fs::read_to_string(f).with_context(|| format!("reading exclude file {}", f.display()))?;
@@ -638,6 +781,59 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     }
     print_backup(ctx, &r)?;
     Ok(if r.snapshot.partial { exit::PARTIAL } else { exit::OK })
+}
+
+fn cmd_copy(ctx: &Ctx, a: CopyArgs) -> Result<i32> {
+    let to_loc = a.to.clone().unwrap_or_else(|| ctx.location());
+    let dst_storage = open_storage(&to_loc, ctx.connections)?;
+    let _ = ctx.storage.set(dst_storage.clone());
+    let src_storage = open_storage(&a.from, ctx.connections)?;
+    let from_pw = password::Source { file: a.from_password_file.clone(), command: a.from_password_command.clone() };
+    let src = ctx.open_with(src_storage.clone(), &|label| password::get_from(&from_pw, &ctx.pw, label))?;
+    let dst = ctx.open_with(dst_storage.clone(), &|label| password::get(&ctx.pw, label))?;
+    let which: Vec<SnapshotEntry> = if a.snapshots.is_empty() {
+        src.snapshots()?.into_iter().filter(|e| a.filter.matches(&e.snapshot)).collect()
+    } else {
+        a.snapshots.iter().map(|r| find(&src, r, &a.filter)).collect::<Result<_>>()?
+    };
+    let opts = hoard_repo::copy::CopyOptions { cancel: ctx.cancel.clone(), lock_stale: lock_stale()? };
+    let report = hoard_repo::copy::copy_snapshots(&src, &dst, &which, &opts)?;
+    let (up, down) = (dst_storage.counts(), src_storage.counts());
+    if ctx.json {
+        return ctx
+            .print_json(&json!({
+                "copied": report.copied.iter().map(|c| json!({
+                    "source": c.source.to_hex(),
+                    "snapshot": snapshot_json(&SnapshotEntry { id: c.result.id, snapshot: c.result.snapshot.clone() }),
+                })).collect::<Vec<_>>(),
+                "skipped": report.skipped.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
+                "requests_target": requests_json(&up),
+                "requests_source": requests_json(&down),
+            }))
+            .map(|()| exit::OK);
+    }
+    if !ctx.quiet {
+        for c in &report.copied {
+            let m = &c.result.snapshot.summary;
+            out(&format!(
+                "snapshot {} copied as {}: {} new data, {} stored in {} packs\n",
+                c.source.short(),
+                c.result.id.short(),
+                output::bytes(m.bytes_new),
+                output::bytes(m.bytes_stored),
+                m.packs_written
+            ))?;
+        }
+        out(&format!(
+            "{} copied, {} already in {}\nRequests to the target: {}\nRequests to the source: {}\n",
+            report.copied.len(),
+            report.skipped.len(),
+            dst_storage.location(),
+            requests_line(&up),
+            requests_line(&down)
+        ))?;
+    }
+    Ok(exit::OK)
 }
 
 fn cmd_snapshots(ctx: &Ctx, f: FilterArgs) -> Result<i32> {
@@ -1058,23 +1254,34 @@ fn cmd_diff(ctx: &Ctx, a: &str, b: &str, f: FilterArgs) -> Result<i32> {
 }
 
 fn cmd_restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
+    match a.source {
+        Some(RestoreSource::Docker(docker::RestoreSource::Docker(d))) => return docker::cmd_restore(ctx, d),
+        Some(RestoreSource::Db(d)) => return db::restore(ctx, d),
+        None => {}
+    }
+    let (Some(reference), Some(target)) = (a.snapshot, a.target) else {
+        bail!("give a snapshot and --target DIR");
+    };
     let repo = ctx.open()?;
-    let (r, path) = split_ref(&a.snapshot);
+    let (r, path) = split_ref(&reference);
     let snap = find(&repo, r, &a.filter)?;
     let (node, shown) = locate(&repo, &snap, path)?;
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let opts = RestoreOptions {
-        target: a.target.clone(),
+        target: target.clone(),
         includes: a.includes,
         excludes: a.excludes,
         owners: root && !a.no_owners,
         sparse: !a.no_sparse,
-        threads: a.threads.max(1),
+        threads: a
+            .threads
+            .unwrap_or_else(|| if repo.storage().is_remote() { 2 * repo.storage().connections() } else { 4 })
+            .max(1),
         cancel: ctx.cancel.clone(),
     };
     if !ctx.quiet && !ctx.json {
-        eprintln!("restoring snapshot {} {} to {}", snap.id.short(), shown, a.target.display());
+        eprintln!("restoring snapshot {} {} to {}", snap.id.short(), shown, target.display());
     }
     let s = restore::restore(&repo, &node, &opts)?;
     for e in &s.errors {
@@ -1336,6 +1543,8 @@ fn run(cli: Cli) -> Result<i32> {
     install_signals(cancel.clone());
     let ctx = Ctx {
         cli_repo: cli.repo,
+        connections: cli.connections,
+        storage: std::sync::OnceLock::new(),
         pw: password::Source { file: cli.password_file, command: cli.password_command },
         cache_dir: cli.cache_dir.unwrap_or_else(default_cache),
         json: cli.json,
@@ -1347,11 +1556,13 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Init(a) => cmd_init(&ctx, a),
         Cmd::Backup(a) => cmd_backup(&ctx, a),
         Cmd::Snapshots(f) => cmd_snapshots(&ctx, f),
+        Cmd::Copy(a) => cmd_copy(&ctx, a),
         Cmd::Forget(a) => cmd_forget(&ctx, a),
         Cmd::Prune(a) => cmd_prune(&ctx, a),
         Cmd::Ls { snapshot, long, filter } => cmd_ls(&ctx, &snapshot, long, filter),
         Cmd::Diff { a, b, filter } => cmd_diff(&ctx, &a, &b, filter),
         Cmd::Restore(a) => cmd_restore(&ctx, a),
+        Cmd::Docker(docker::DockerCmd::Ls) => docker::cmd_ls(&ctx),
         Cmd::Dump { snapshot, path, filter } => cmd_dump(&ctx, &snapshot, path, filter),
         Cmd::Stats { snapshots, filter } => cmd_stats(&ctx, snapshots, filter),
         Cmd::Check { read_data, read_data_subset } => cmd_check(&ctx, read_data, read_data_subset),

@@ -60,23 +60,39 @@ pub fn get(src: &Source, label: &str) -> Result<String> {
         return Ok(trim_newline(s));
     }
     if let Some(c) = src.command.clone().or_else(|| std::env::var("HOARD_PASSWORD_COMMAND").ok()) {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(&c)
-            .output()
-            .with_context(|| format!("running the password command `{c}`"))?;
-        if !out.status.success() {
-            bail!(
-                "the password command `{c}` failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        return Ok(trim_newline(
-            String::from_utf8(out.stdout).context("the password command printed something that is not UTF-8")?,
-        ));
+        return run_command(&c);
     }
     prompt(label)
+}
+
+/// The password of the source repository of `hoard copy`: `HOARD_FROM_PASSWORD`,
+/// `--from-password-file` / `HOARD_FROM_PASSWORD_FILE`, `--from-password-command` /
+/// `HOARD_FROM_PASSWORD_COMMAND`; when none is given, the same sources as the target's.
+pub fn get_from(from: &Source, target: &Source, label: &str) -> Result<String> {
+    if let Ok(p) = std::env::var("HOARD_FROM_PASSWORD") {
+        return Ok(p);
+    }
+    let from = Source {
+        file: from.file.clone().or_else(|| std::env::var("HOARD_FROM_PASSWORD_FILE").ok()),
+        command: from.command.clone().or_else(|| std::env::var("HOARD_FROM_PASSWORD_COMMAND").ok()),
+    };
+    if let Some(f) = &from.file {
+        let s = std::fs::read_to_string(f).with_context(|| format!("reading the password file {f}"))?;
+        return Ok(trim_newline(s));
+    }
+    if let Some(c) = &from.command {
+        return run_command(c);
+    }
+    get(target, label)
+}
+
+fn run_command(c: &str) -> Result<String> {
+    let out =
+        Command::new("sh").arg("-c").arg(c).output().with_context(|| format!("running the password command `{c}`"))?;
+    if !out.status.success() {
+        bail!("the password command `{c}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(trim_newline(String::from_utf8(out.stdout).context("the password command printed something that is not UTF-8")?))
 }
 
 /// A new password (init, key add, key passwd): `HOARD_NEW_PASSWORD`, `--new-password-file`,

