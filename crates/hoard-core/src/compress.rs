@@ -1,27 +1,57 @@
 //! zstd compression of blobs. A blob is stored raw when compression does not shrink it, so
 //! incompressible data costs one flag and no CPU on restore.
 
+use std::cell::RefCell;
+
+use crate::crypto::TAG_LEN;
 use crate::error::{malformed, Result};
 
+thread_local! {
+    /// One compression context per thread and level. A fresh context per blob (what
+    /// `zstd::bulk::compress` does) allocates and clears about a megabyte of tables each time,
+    /// which cost more than compressing a small file.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
 /// Compresses `data` at `level`; `None` when the result would not be smaller.
+///
+/// The result is allocated at its exact size plus room for an AEAD tag, so that sealing it in
+/// place never reallocates: a pack builder holds every blob until the pack is full, and slack
+/// capacity (zstd's worst-case bound, or a doubling on append) would multiply its memory.
 pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     if level == 0 || data.len() < 64 {
         return None;
     }
-    let mut out = zstd::bulk::compress(data, level).ok()?;
-    // zstd allocates its worst-case bound, about the input's size. A pack builder holds every
-    // blob until the pack is full, and 16 MiB of well-compressed blobs would otherwise keep
-    // their inputs' size allocated: a 20:1 dump held 20 packs' worth of memory per pack.
-    out.shrink_to_fit();
-    (out.len() < data.len()).then_some(out)
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|(l, _)| *l != level) {
+            *cell = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, c) = cell.as_mut()?;
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + TAG_LEN);
+        let n = c.compress_to_buffer(data, &mut out).ok()?;
+        if n >= data.len() {
+            return None;
+        }
+        // Shrinking in place (glibc splits the block, or mremaps a large one) copies nothing.
+        out.shrink_to(n + TAG_LEN);
+        Some(out)
+    })
 }
 
 /// Decompresses into exactly `raw_len` bytes; anything else is an error, so a lying length in
 /// storage cannot make us allocate more than it claims or return short data.
 pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(raw_len);
-    let n = zstd::bulk::Decompressor::new()
-        .and_then(|mut d| d.decompress_to_buffer(data, &mut out))
+    let n = DECOMPRESSOR
+        .with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = Some(zstd::bulk::Decompressor::new()?);
+            }
+            cell.as_mut().expect("set above").decompress_to_buffer(data, &mut out)
+        })
         .map_err(|e| malformed("compressed blob", e.to_string()))?;
     if n != raw_len {
         return Err(malformed("compressed blob", format!("{n} bytes, expected {raw_len}")));
