@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -40,8 +40,8 @@ pub struct Packer<'r> {
     repo: &'r Repository,
     level: i32,
     target: usize,
-    data: Mutex<Vec<PackBuilder>>,
-    trees: Mutex<Vec<PackBuilder>>,
+    data: Pool,
+    trees: Pool,
     /// Blobs stored by this backup and not yet findable through the index cache.
     pending: Mutex<HashSet<Id>>,
     tx: Mutex<Option<Sender<FinishedPack>>>,
@@ -69,13 +69,16 @@ impl<'r> Packer<'r> {
         f: impl FnOnce(&Packer<'r>) -> Result<T>,
     ) -> Result<(T, PackerStats)> {
         repo.recover_unindexed()?;
-        let (tx, rx) = bounded::<FinishedPack>(uploaders.max(1));
+        // One finished pack waits while each uploader sends one: with the open builders, what a
+        // backup holds in packs is (builders + uploaders + 1) × pack size.
+        let (tx, rx) = bounded::<FinishedPack>(1);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let packer = Packer {
             repo,
             level: repo.config().compression,
             target: repo.config().pack_size as usize,
-            data: Mutex::new(Vec::new()),
-            trees: Mutex::new(Vec::new()),
+            data: Pool::new(cores + 1),
+            trees: Pool::new(usize::MAX),
             pending: Mutex::new(HashSet::new()),
             tx: Mutex::new(Some(tx)),
             uploaded: Mutex::new(Vec::new()),
@@ -154,15 +157,16 @@ impl<'r> Packer<'r> {
     /// Compresses, encrypts and packs a claimed blob on the calling thread.
     pub fn store(&self, t: BlobType, id: Id, plaintext: &[u8]) -> Result<()> {
         let pool = if t == BlobType::Tree { &self.trees } else { &self.data };
-        let mut b = pool.lock().unwrap().pop().unwrap_or_else(|| PackBuilder::new(self.repo.keys()));
+        let mut b = pool.take(|| PackBuilder::new(self.repo.keys()));
         let stored = b.add(t, id, plaintext, self.level).bytes.len();
         self.blobs_new.fetch_add(1, Relaxed);
         self.bytes_new.fetch_add(plaintext.len() as u64, Relaxed);
         self.bytes_stored.fetch_add(stored as u64, Relaxed);
         if b.is_full(self.target) {
+            pool.retire();
             self.send(b.finish())?;
         } else {
-            pool.lock().unwrap().push(b);
+            pool.give_back(b);
         }
         Ok(())
     }
@@ -191,8 +195,8 @@ impl<'r> Packer<'r> {
     }
 
     fn flush(&self) -> Result<()> {
-        let mut all: Vec<PackBuilder> = std::mem::take(&mut *self.data.lock().unwrap());
-        all.extend(std::mem::take(&mut *self.trees.lock().unwrap()));
+        let mut all = self.data.drain();
+        all.extend(self.trees.drain());
         for b in all {
             if !b.is_empty() {
                 self.send(b.finish())?;
@@ -256,5 +260,64 @@ impl<'r> Packer<'r> {
             }
         }
         Ok(())
+    }
+}
+
+/// Open pack builders, at most `limit` at once. Each holds up to a pack's worth of sealed blobs
+/// until it is full, so the limit bounds a backup's memory however many threads store blobs;
+/// a thread that finds every builder busy waits for one (there are more builders than cores,
+/// so the cores stay busy sealing).
+struct Pool {
+    state: Mutex<PoolState>,
+    returned: Condvar,
+    limit: usize,
+}
+
+struct PoolState {
+    free: Vec<PackBuilder>,
+    /// Builders in existence: free ones and those a thread is adding to.
+    open: usize,
+}
+
+impl Pool {
+    fn new(limit: usize) -> Pool {
+        Pool {
+            state: Mutex::new(PoolState { free: Vec::new(), open: 0 }),
+            returned: Condvar::new(),
+            limit: limit.max(1),
+        }
+    }
+
+    /// A free builder, or a new one while fewer than `limit` are open.
+    fn take(&self, new: impl FnOnce() -> PackBuilder) -> PackBuilder {
+        let mut s = self.state.lock().unwrap();
+        loop {
+            if let Some(b) = s.free.pop() {
+                return b;
+            }
+            if s.open < self.limit {
+                s.open += 1;
+                return new();
+            }
+            s = self.returned.wait(s).unwrap();
+        }
+    }
+
+    fn give_back(&self, b: PackBuilder) {
+        self.state.lock().unwrap().free.push(b);
+        self.returned.notify_one();
+    }
+
+    /// The builder taken last is full and leaves the pool.
+    fn retire(&self) {
+        self.state.lock().unwrap().open -= 1;
+        self.returned.notify_one();
+    }
+
+    /// Every free builder (at the end, all of them).
+    fn drain(&self) -> Vec<PackBuilder> {
+        let mut s = self.state.lock().unwrap();
+        s.open -= s.free.len();
+        std::mem::take(&mut s.free)
     }
 }
