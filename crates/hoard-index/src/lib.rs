@@ -309,6 +309,25 @@ impl IndexCache {
         st.exists([id.as_bytes().as_slice()]).map_err(|e| self.err(e))
     }
 
+    /// Starts a read transaction that lasts until [`IndexCache::end_read`]: lookups in it take
+    /// no file locks of their own. A restore makes one lookup per blob, and in WAL mode each
+    /// lookup in its own transaction took and dropped a lock with two `fcntl` calls.
+    pub fn begin_read(&self) -> Result<()> {
+        self.conn.execute_batch("BEGIN").map_err(|e| self.err(e))?;
+        // BEGIN is deferred: the read snapshot (and its lock) starts with the first read.
+        let r = self.conn.query_row("SELECT count(*) FROM segments", [], |r| r.get::<_, i64>(0));
+        if let Err(e) = r {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(self.err(e));
+        }
+        Ok(())
+    }
+
+    /// Ends what [`IndexCache::begin_read`] started.
+    pub fn end_read(&self) -> Result<()> {
+        self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))
+    }
+
     /// Runs `f` in one transaction (many small writes to the temporary tables go much faster).
     pub fn batch<T>(&mut self, f: impl FnOnce(&IndexCache) -> Result<T>) -> Result<T> {
         self.conn.execute_batch("BEGIN").map_err(|e| self.err(e))?;

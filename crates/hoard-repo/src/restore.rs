@@ -102,6 +102,9 @@ fn globs(patterns: &[String]) -> Result<GlobSet> {
 struct FileJob {
     path: PathBuf,
     node: Node,
+    /// The file as the walker created it (empty, exclusive), so the worker need not open it
+    /// again.
+    file: std::fs::File,
 }
 
 struct Restorer<'a> {
@@ -112,6 +115,19 @@ struct Restorer<'a> {
     summary: Mutex<RestoreSummary>,
     links: Mutex<HashMap<(u64, u64), PathBuf>>,
     bytes: AtomicU64,
+}
+
+/// Runs `create` (which makes something at `path` and fails if anything is there); when
+/// something is there, removes it and tries once more. Restoring into an empty directory, the
+/// usual case, then costs no lookup per entry.
+fn create_fresh<T>(path: &Path, create: impl Fn() -> io::Result<T>) -> io::Result<T> {
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            clear(path, false)?;
+            create()
+        }
+        r => r,
+    }
 }
 
 /// Removes whatever is at `path` unless it is a directory (when `keep_dir`).
@@ -197,11 +213,16 @@ impl Restorer<'_> {
     }
 
     fn make_dir(&self, path: &Path) -> io::Result<()> {
-        clear(path, true)?;
         match fs::create_dir(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(e),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // A directory already there is kept (and restored into); anything else goes.
+                clear(path, true)?;
+                match fs::create_dir(path) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                    r => r,
+                }
+            }
+            r => r,
         }
     }
 
@@ -217,32 +238,34 @@ impl Restorer<'_> {
 
     fn entry(&self, path: &Path, node: &Node, jobs: &crossbeam_channel::Sender<FileJob>) -> Result<()> {
         let ioe = |e: io::Error| RepoError::io("creating", e);
-        clear(path, false).map_err(ioe)?;
         match node.kind() {
             NodeKind::File => {
                 if node.links > 1 {
                     let key = (node.device, node.inode);
                     let mut links = self.links.lock().unwrap();
                     if let Some(first) = links.get(&key) {
-                        fs::hard_link(first, path).map_err(ioe)?;
+                        create_fresh(path, || fs::hard_link(first, path)).map_err(ioe)?;
                         self.summary.lock().unwrap().files += 1;
                         return Ok(());
                     }
                     links.insert(key, path.to_path_buf());
                 }
                 // Created here so hard links to it can be made before its content is written.
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(path)
-                    .map_err(ioe)?;
-                jobs.send(FileJob { path: path.to_path_buf(), node: node.clone() })
+                let file = create_fresh(path, || {
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(path)
+                })
+                .map_err(ioe)?;
+                jobs.send(FileJob { path: path.to_path_buf(), node: node.clone(), file })
                     .map_err(|_| RepoError::Invalid("restore workers stopped".into()))?;
             }
             NodeKind::Symlink => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(&node.link_target), path).map_err(ioe)?;
+                create_fresh(path, || std::os::unix::fs::symlink(OsStr::from_bytes(&node.link_target), path))
+                    .map_err(ioe)?;
                 self.finish_meta(path, node, true).map_err(ioe)?;
                 self.summary.lock().unwrap().other += 1;
             }
@@ -255,10 +278,14 @@ impl Restorer<'_> {
                     NodeKind::CharDevice => libc::S_IFCHR,
                     _ => libc::S_IFBLK,
                 };
-                // SAFETY: c is a valid C string.
-                if unsafe { libc::mknod(c.as_ptr(), fmt | (node.mode & 0o7777), node.rdev as libc::dev_t) } != 0 {
-                    return Err(ioe(io::Error::last_os_error()));
-                }
+                create_fresh(path, || {
+                    // SAFETY: c is a valid C string.
+                    if unsafe { libc::mknod(c.as_ptr(), fmt | (node.mode & 0o7777), node.rdev as libc::dev_t) } != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+                .map_err(ioe)?;
                 self.finish_meta(path, node, false).map_err(ioe)?;
                 self.summary.lock().unwrap().other += 1;
             }
@@ -293,15 +320,10 @@ impl Restorer<'_> {
         filetime::set_symlink_file_times(path, t, t)
     }
 
-    fn write_file(&self, job: &FileJob) -> Result<()> {
+    fn write_file(&self, job: FileJob) -> Result<()> {
         let path = &job.path;
         let chunks = self.repo.content_chunks(&job.node.content)?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| RepoError::io(path.display().to_string(), e))?;
+        let mut f = job.file;
         let mut written = 0u64;
         let sparse = self.opts.sparse && job.node.sparse;
         for id in &chunks {
@@ -324,7 +346,10 @@ impl Restorer<'_> {
                 job.node.size
             )));
         }
-        f.set_len(written).map_err(|e| RepoError::io(path.display().to_string(), e))?;
+        if sparse {
+            // Trailing holes: the writes stopped at the last non-zero block.
+            f.set_len(written).map_err(|e| RepoError::io(path.display().to_string(), e))?;
+        }
         drop(f);
         self.finish_meta(path, &job.node, false).map_err(|e| RepoError::io(path.display().to_string(), e))?;
         Ok(())
@@ -353,6 +378,32 @@ fn write_sparse(f: &mut std::fs::File, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// One read transaction on the index cache for a whole restore (see
+/// [`hoard_index::IndexCache::begin_read`]); without it the restore still works, only slower.
+struct ReadTransaction<'a>(Option<&'a Repository>);
+
+impl<'a> ReadTransaction<'a> {
+    fn begin(repo: &'a Repository) -> ReadTransaction<'a> {
+        match repo.cache().begin_read() {
+            Ok(()) => ReadTransaction(Some(repo)),
+            Err(e) => {
+                tracing::debug!("restoring without one read transaction: {e}");
+                ReadTransaction(None)
+            }
+        }
+    }
+}
+
+impl Drop for ReadTransaction<'_> {
+    fn drop(&mut self) {
+        if let Some(repo) = self.0 {
+            if let Err(e) = repo.cache().end_read() {
+                tracing::debug!("ending the restore's read transaction: {e}");
+            }
+        }
+    }
+}
+
 /// Restores `node` (a directory's contents, or one file) into `opts.target`.
 pub fn restore(repo: &Repository, node: &Node, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let r = Restorer {
@@ -365,20 +416,24 @@ pub fn restore(repo: &Repository, node: &Node, opts: &RestoreOptions) -> Result<
         bytes: AtomicU64::new(0),
     };
     fs::create_dir_all(&opts.target).map_err(|e| RepoError::io(format!("creating {}", opts.target.display()), e))?;
+    let _read = ReadTransaction::begin(repo);
     let threads = opts.threads.max(1);
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let walk_result = std::thread::scope(|s| {
-        let (tx, rx) = bounded::<FileJob>(1024);
+        // Each queued job holds its file open: few enough to stay far below the usual limit
+        // of 1024 descriptors, enough to keep every worker busy.
+        let (tx, rx) = bounded::<FileJob>(128);
         for _ in 0..threads {
             let rx = rx.clone();
             let r = &r;
             s.spawn(move || {
                 for job in rx {
-                    match r.write_file(&job) {
+                    let path = job.path.clone();
+                    match r.write_file(job) {
                         Ok(()) => r.summary.lock().unwrap().files += 1,
                         Err(e) => {
-                            let _ = fs::remove_file(&job.path);
-                            r.error(format!("{}: not restored: {e}", job.path.display()));
+                            let _ = fs::remove_file(&path);
+                            r.error(format!("{}: not restored: {e}", path.display()));
                         }
                     }
                 }

@@ -26,6 +26,38 @@ use crate::{
 pub struct LocalStorage {
     root: PathBuf,
     counts: Counters,
+    open_packs: OpenPacks,
+}
+
+/// Packs opened for ranged reads, most recently used last. A restore reads one blob at a time,
+/// often many from the same pack; opening and closing the file for each was two thirds of its
+/// system calls. Packs never change once written, so a cached descriptor reads what a fresh
+/// open would; `delete` drops the pack's descriptor.
+#[derive(Default)]
+struct OpenPacks(std::sync::Mutex<Vec<(String, std::sync::Arc<File>)>>);
+
+impl OpenPacks {
+    const KEEP: usize = 32;
+
+    fn get(&self, name: &str, path: &Path) -> io::Result<std::sync::Arc<File>> {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = v.iter().position(|(n, _)| n == name) {
+            let hit = v.remove(i);
+            let f = hit.1.clone();
+            v.push(hit);
+            return Ok(f);
+        }
+        let f = std::sync::Arc::new(File::open(path)?);
+        if v.len() == Self::KEEP {
+            v.remove(0);
+        }
+        v.push((name.to_owned(), f.clone()));
+        Ok(f)
+    }
+
+    fn forget(&self, name: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, _)| n != name);
+    }
 }
 
 fn mtime_ns(m: &fs::Metadata) -> i64 {
@@ -40,7 +72,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 impl LocalStorage {
     /// Opens an existing directory (no check that a repository is in it).
     pub fn open(root: impl Into<PathBuf>) -> LocalStorage {
-        LocalStorage { root: root.into(), counts: Counters::default() }
+        LocalStorage { root: root.into(), counts: Counters::default(), open_packs: OpenPacks::default() }
     }
 
     /// Creates the directory layout for a new repository. The directory may exist but must be
@@ -80,7 +112,7 @@ impl LocalStorage {
         if let Some(parent) = root.parent() {
             let _ = sync_dir(parent);
         }
-        Ok(LocalStorage { root, counts: Counters::default() })
+        Ok(LocalStorage { root, counts: Counters::default(), open_packs: OpenPacks::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -146,7 +178,12 @@ impl Storage for LocalStorage {
         let what = || format!("reading {} bytes at {offset} of {}", len, self.label(kind, name));
         Counters::add(&self.counts.get, 1);
         Counters::add(&self.counts.bytes_down, len);
-        let f = File::open(&path).map_err(|e| StorageError::io(what(), e))?;
+        let f = if kind == ObjectKind::Pack {
+            self.open_packs.get(name, &path)
+        } else {
+            File::open(&path).map(std::sync::Arc::new)
+        }
+        .map_err(|e| StorageError::io(what(), e))?;
         let mut buf = vec![0u8; usize::try_from(len).map_err(|_| StorageError::new(ErrorKind::Other, what()))?];
         f.read_exact_at(&mut buf, offset).map_err(|e| StorageError::io(what(), e))?;
         Ok(buf)
@@ -206,6 +243,9 @@ impl Storage for LocalStorage {
     fn delete(&self, kind: ObjectKind, name: &str) -> Result<()> {
         let path = self.path(kind, name)?;
         Counters::add(&self.counts.delete, 1);
+        if kind == ObjectKind::Pack {
+            self.open_packs.forget(name);
+        }
         fs::remove_file(&path).map_err(|e| StorageError::io(format!("deleting {}", self.label(kind, name)), e))?;
         sync_dir(path.parent().unwrap())
             .map_err(|e| StorageError::io(format!("deleting {}", self.label(kind, name)), e))
