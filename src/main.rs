@@ -1528,6 +1528,7 @@ fn cmd_repair(ctx: &Ctx, r: RepairCmd) -> Result<i32> {
                 ctx.print_json(&json!({
                     "dry_run": dry_run,
                     "intact": rep.intact.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
+                    "already_repaired": rep.already.iter().map(|(o, c)| json!({"original": o.to_hex(), "repaired": c.to_hex()})).collect::<Vec<_>>(),
                     "repaired": rep.repaired.iter().map(|r| json!({
                         "original": r.original.to_hex(),
                         "new": r.new.map(|i| i.to_hex()),
@@ -1551,6 +1552,14 @@ fn cmd_repair(ctx: &Ctx, r: RepairCmd) -> Result<i32> {
                         let what = if d.what == "dir" { "emptied directory" } else { "dropped file" };
                         text.push_str(&format!("  {what} {}: {}\n", d.path, d.why));
                     }
+                }
+                for (o, c) in &rep.already {
+                    text.push_str(&format!(
+                        "snapshot {} was repaired before, as {}: left alone (remove it with `hoard forget {}`)\n",
+                        o.short(),
+                        c.short(),
+                        o.short()
+                    ));
                 }
                 text.push_str(&format!(
                     "{} snapshots intact, {} {}\n",

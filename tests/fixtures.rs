@@ -174,6 +174,18 @@ fn fixture_pack_missing() {
     assert_eq!(p.restore_compare(&s1, "s1", &none, "p1").0, Some(0));
     assert_eq!(p.restore_compare(&s3, "s3", &lost, "p3").0, Some(3));
 
+    // One snapshot, named by a prefix; and running it again adds nothing.
+    let one = Fixture::open("broken/pack-missing");
+    let r = one.env.json(&["repair", "snapshots", &s2[..8]]);
+    assert_eq!(r["repaired"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!((one.tagged("s2").1.len(), one.tagged("s3").1.len()), (1, 0));
+    assert_eq!(one.tagged("s2").0, [s2.clone()], "the original is kept without --forget");
+    let before = one.listing();
+    let again = one.env.json(&["repair", "snapshots", &s2[..8]]);
+    assert_eq!(again["already_repaired"][0]["original"], s2.as_str(), "{again}");
+    assert_eq!(again["repaired"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(one.listing(), before, "a second repair wrote something");
+
     // A dry run names what would go, and writes nothing.
     let before = fx.listing();
     let dry = fx.env.json(&["repair", "snapshots", "--dry-run"]);
@@ -203,6 +215,8 @@ fn fixture_pack_truncated() {
     let fx = Fixture::open("broken/pack-truncated");
     let none = BTreeSet::new();
     let b = set(B_FILES);
+    // The pack is shorter than the index says: the structural check sees it already.
+    assert_eq!(fx.code(&["check"]).0, Some(4));
     assert_eq!(fx.code(&["check", "--read-data"]).0, Some(4));
     let (s1, s2) = (fx.one("s1"), fx.one("s2"));
     assert_eq!(fx.restore_compare(&s1, "s1", &none, "r1").0, Some(0));

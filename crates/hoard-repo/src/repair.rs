@@ -15,8 +15,10 @@
 //! snapshot written last), with the same time, host, user, source, paths, tags and labels and
 //! the label [`REPAIRED_FROM`] naming the original. Nothing is modified in place; the original
 //! is removed only when asked (`forget_original`), and only after its replacement is committed.
+//! An original that already has a repaired copy is skipped, so that running the command again
+//! adds nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +72,9 @@ pub struct Repaired {
 pub struct RepairReport {
     /// Snapshots that needed no change.
     pub intact: Vec<Id>,
+    /// Snapshots left alone because a repaired copy of them exists (an earlier run without
+    /// `--forget`): repairing them again would only add another copy.
+    pub already: Vec<(Id, Id)>,
     pub repaired: Vec<Repaired>,
 }
 
@@ -78,10 +83,22 @@ pub fn repair_snapshots(repo: &Repository, which: &[SnapshotEntry], opts: &Repai
     repo.sync_index()?;
     let packs: HashSet<Id> =
         repo.storage().list(ObjectKind::Pack)?.into_iter().filter_map(|o| Id::from_hex(&o.name).ok()).collect();
+    let mut repairs: HashMap<Id, Id> = HashMap::new();
+    for e in repo.snapshots()? {
+        if let Some((_, v)) = e.snapshot.labels.iter().find(|(k, _)| k == REPAIRED_FROM) {
+            if let Ok(id) = Id::from_hex(v) {
+                repairs.insert(id, e.id);
+            }
+        }
+    }
     let mut report = RepairReport::default();
     let mut seen = HashSet::new();
     for e in which {
         if !seen.insert(e.id) {
+            continue;
+        }
+        if let Some(copy) = repairs.get(&e.id) {
+            report.already.push((e.id, *copy));
             continue;
         }
         if opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
