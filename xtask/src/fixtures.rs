@@ -65,28 +65,34 @@ pub fn run(args: &[String]) -> Result<()> {
             ),
         }
     }
-    let hoard = build_hoard()?;
     let mut skipped = Vec::new();
+    let mut todo = Vec::new();
     for case in CASES.iter().filter(|c| only.is_empty() || only.contains(c)) {
         let dir = Path::new(BROKEN).join(case);
-        if dir.exists() {
-            if !force {
-                skipped.push(dir.display().to_string());
-                continue;
-            }
-            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        if dir.exists() && !force {
+            skipped.push(dir.display().to_string());
+        } else {
+            todo.push((*case, dir));
         }
-        println!("writing {}", dir.display());
-        broken(&hoard, case, &dir).with_context(|| format!("case {case}"))?;
     }
     let compat = Path::new(COMPAT);
-    if !only.is_empty() {
-        // Only the cases named.
-    } else if compat.exists() {
+    let write_compat = only.is_empty() && !compat.exists();
+    if only.is_empty() && compat.exists() {
         println!("{COMPAT} exists and is never regenerated (it is what later builds must read)");
-    } else {
-        println!("writing {COMPAT}");
-        compat_v2(&hoard, compat)?;
+    }
+    if !todo.is_empty() || write_compat {
+        let hoard = build_hoard()?;
+        for (case, dir) in todo {
+            if dir.exists() {
+                fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            }
+            println!("writing {}", dir.display());
+            broken(&hoard, case, &dir).with_context(|| format!("case {case}"))?;
+        }
+        if write_compat {
+            println!("writing {COMPAT}");
+            compat_v2(&hoard, compat)?;
+        }
     }
     let _ = fs::remove_dir_all(WORK);
     if !skipped.is_empty() {
