@@ -350,6 +350,11 @@ enum RepairCmd {
         /// Only say what would change; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also read every data chunk, so that damaged ones count as lost (as slow as
+        /// `check --read-data`); without it, a chunk counts as there when it is indexed in a
+        /// pack that exists.
+        #[arg(long)]
+        read_data: bool,
         #[command(flatten)]
         filter: FilterArgs,
     },
@@ -1511,7 +1516,7 @@ fn cmd_repair(ctx: &Ctx, r: RepairCmd) -> Result<i32> {
             }
             Ok(if rep.unreadable.is_empty() { exit::OK } else { exit::PARTIAL })
         }
-        RepairCmd::Snapshots { snapshots, forget, dry_run, filter } => {
+        RepairCmd::Snapshots { snapshots, forget, dry_run, read_data, filter } => {
             let which: Vec<SnapshotEntry> = if snapshots.is_empty() {
                 repo.snapshots()?.into_iter().filter(|e| filter.matches(&e.snapshot)).collect()
             } else {
@@ -1520,6 +1525,7 @@ fn cmd_repair(ctx: &Ctx, r: RepairCmd) -> Result<i32> {
             let opts = hoard_repo::repair::RepairOptions {
                 dry_run,
                 forget_original: forget,
+                read_data,
                 cancel: ctx.cancel.clone(),
                 lock_stale: lock_stale()?,
             };

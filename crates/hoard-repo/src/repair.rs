@@ -8,7 +8,8 @@
 //! Which blobs exist comes from the index (after `repair index`, a lost pack's blobs are no
 //! longer in it) and from one listing of the packs (so an indexed pack that is gone counts as
 //! lost even before the index is rebuilt). Trees and chunk lists are read, so they are
-//! authenticated; data chunks are not read (`check --read-data` does that), as restic does.
+//! authenticated; data chunks are only read with `read_data` (`--read-data`), since reading
+//! them all costs as much as `check --read-data`.
 //!
 //! A snapshot that needs no change is left alone. For one that does, the new trees are stored,
 //! then a new snapshot object, committed like a backup (a session lock, the rescue check, the
@@ -42,6 +43,9 @@ pub struct RepairOptions {
     pub dry_run: bool,
     /// Remove each original once its repaired snapshot is committed.
     pub forget_original: bool,
+    /// Also read and authenticate every data chunk, so that a chunk damaged in a pack that is
+    /// still there counts as lost too. Each distinct chunk is read once per run.
+    pub read_data: bool,
     pub cancel: Arc<AtomicBool>,
     pub lock_stale: Option<Duration>,
 }
@@ -92,6 +96,8 @@ pub fn repair_snapshots(repo: &Repository, which: &[SnapshotEntry], opts: &Repai
         }
     }
     let mut report = RepairReport::default();
+    // With `read_data`: chunks read so far, and whether each one was whole.
+    let mut verified: HashMap<Id, bool> = HashMap::new();
     let mut seen = HashSet::new();
     for e in which {
         if !seen.insert(e.id) {
@@ -105,7 +111,14 @@ pub fn repair_snapshots(repo: &Repository, which: &[SnapshotEntry], opts: &Repai
             return Err(RepoError::Interrupted);
         }
         // First pass: find what is lost, writing nothing.
-        let mut walker = Walker { repo, packs: &packs, packer: None, dropped: Vec::new(), intact: HashSet::new() };
+        let mut walker = Walker {
+            repo,
+            packs: &packs,
+            read: opts.read_data.then_some(&mut verified),
+            packer: None,
+            dropped: Vec::new(),
+            intact: HashSet::new(),
+        };
         walker.tree(&e.snapshot.tree, "/")?;
         if walker.dropped.is_empty() {
             report.intact.push(e.id);
@@ -133,8 +146,14 @@ pub fn repair_snapshots(repo: &Repository, which: &[SnapshotEntry], opts: &Repai
         };
         let result = crate::backup::locked(repo, &bopts, |session| {
             let (tree, stats) = Packer::run(repo, repo.storage().connections(), |packer| {
-                let mut w =
-                    Walker { repo, packs: &packs, packer: Some(packer), dropped: Vec::new(), intact: HashSet::new() };
+                let mut w = Walker {
+                    repo,
+                    packs: &packs,
+                    read: opts.read_data.then_some(&mut verified),
+                    packer: Some(packer),
+                    dropped: Vec::new(),
+                    intact: HashSet::new(),
+                };
                 let t = w.tree(&s.tree, "/")?;
                 Ok(t.unwrap_or(s.tree))
             })?;
@@ -180,6 +199,8 @@ struct Walker<'a, 'r> {
     repo: &'r Repository,
     /// The packs that exist in storage.
     packs: &'a HashSet<Id>,
+    /// With `read_data`: every chunk is read, and the outcome kept here.
+    read: Option<&'a mut HashMap<Id, bool>>,
     /// Where new trees go; `None` while only looking.
     packer: Option<&'a Packer<'r>>,
     dropped: Vec<Dropped>,
@@ -195,7 +216,7 @@ impl Walker<'_, '_> {
     }
 
     /// Why `content` cannot be restored, if it cannot.
-    fn content_lost(&self, content: &Content) -> Result<Option<String>> {
+    fn content_lost(&mut self, content: &Content) -> Result<Option<String>> {
         let chunks = match content {
             Content::None => return Ok(None),
             Content::Chunks(ids) => ids.clone(),
@@ -221,6 +242,25 @@ impl Walker<'_, '_> {
         for c in &chunks {
             if !self.present(c)? {
                 return Ok(Some(format!("chunk {} is missing", c.short())));
+            }
+        }
+        if let Some(read) = self.read.as_deref_mut() {
+            for c in &chunks {
+                let whole = match read.get(c) {
+                    Some(w) => *w,
+                    None => {
+                        let w = match self.repo.read_blob(c) {
+                            Ok(_) => true,
+                            Err(e) if lost(&e) => false,
+                            Err(e) => return Err(e),
+                        };
+                        read.insert(*c, w);
+                        w
+                    }
+                };
+                if !whole {
+                    return Ok(Some(format!("chunk {} is damaged", c.short())));
+                }
             }
         }
         Ok(None)
