@@ -338,6 +338,26 @@ enum KeyCmd {
 enum RepairCmd {
     /// Rebuild the index from the packs alone.
     Index,
+    /// Write new snapshots that leave out what is lost: a directory whose tree cannot be read
+    /// becomes empty, a file whose data is missing is left out.
+    Snapshots {
+        /// Snapshots to repair (ids, prefixes or `latest`); default: every one that matches the
+        /// filters.
+        snapshots: Vec<String>,
+        /// Remove each original snapshot once its repaired copy is committed.
+        #[arg(long)]
+        forget: bool,
+        /// Only say what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also read every data chunk, so that damaged ones count as lost (as slow as
+        /// `check --read-data`); without it, a chunk counts as there when it is indexed in a
+        /// pack that exists.
+        #[arg(long)]
+        read_data: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -1495,6 +1515,69 @@ fn cmd_repair(ctx: &Ctx, r: RepairCmd) -> Result<i32> {
                 ))?;
             }
             Ok(if rep.unreadable.is_empty() { exit::OK } else { exit::PARTIAL })
+        }
+        RepairCmd::Snapshots { snapshots, forget, dry_run, read_data, filter } => {
+            let which: Vec<SnapshotEntry> = if snapshots.is_empty() {
+                repo.snapshots()?.into_iter().filter(|e| filter.matches(&e.snapshot)).collect()
+            } else {
+                snapshots.iter().map(|r| find(&repo, r, &filter)).collect::<Result<_>>()?
+            };
+            let opts = hoard_repo::repair::RepairOptions {
+                dry_run,
+                forget_original: forget,
+                read_data,
+                cancel: ctx.cancel.clone(),
+                lock_stale: lock_stale()?,
+            };
+            let rep = hoard_repo::repair::repair_snapshots(&repo, &which, &opts)?;
+            if ctx.json {
+                ctx.print_json(&json!({
+                    "dry_run": dry_run,
+                    "intact": rep.intact.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
+                    "already_repaired": rep.already.iter().map(|(o, c)| json!({"original": o.to_hex(), "repaired": c.to_hex()})).collect::<Vec<_>>(),
+                    "repaired": rep.repaired.iter().map(|r| json!({
+                        "original": r.original.to_hex(),
+                        "new": r.new.map(|i| i.to_hex()),
+                        "forgotten": r.forgotten,
+                        "dropped": r.dropped.iter().map(|d| json!({"path": d.path, "type": d.what, "reason": d.why})).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                let mut text = String::new();
+                for r in &rep.repaired {
+                    text.push_str(&match r.new {
+                        Some(new) => format!(
+                            "snapshot {} repaired as {}{}:\n",
+                            r.original.short(),
+                            new.short(),
+                            if r.forgotten { " (original removed)" } else { "" }
+                        ),
+                        None => format!("snapshot {} would be repaired:\n", r.original.short()),
+                    });
+                    for d in &r.dropped {
+                        let what = if d.what == "dir" { "emptied directory" } else { "dropped file" };
+                        text.push_str(&format!("  {what} {}: {}\n", d.path, d.why));
+                    }
+                }
+                for (o, c) in &rep.already {
+                    text.push_str(&format!(
+                        "snapshot {} was repaired before, as {}: left alone (remove it with `hoard forget {}`)\n",
+                        o.short(),
+                        c.short(),
+                        o.short()
+                    ));
+                }
+                text.push_str(&format!(
+                    "{} snapshots intact, {} {}\n",
+                    rep.intact.len(),
+                    rep.repaired.len(),
+                    if dry_run { "would be repaired (dry run: nothing written)" } else { "repaired" }
+                ));
+                if !ctx.quiet {
+                    out(&text)?;
+                }
+            }
+            Ok(exit::OK)
         }
     }
 }

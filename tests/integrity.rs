@@ -118,3 +118,70 @@ fn a_flipped_byte_in_a_tree_is_found_without_reading_data() {
     let affected = err.lines().find(|l| l.starts_with("snapshots affected")).unwrap_or("");
     assert!(affected.contains(&idb) && !affected.contains(&ida), "{err}");
 }
+
+/// `repair snapshots` on a file long enough to keep its chunk ids in chunk-list blobs, one of
+/// whose chunks is lost with its pack: the file is left out, the rest is kept.
+#[test]
+fn repair_snapshots_leaves_out_a_long_file_whose_chunk_is_lost() {
+    let env = Env::bare();
+    env.ok(&["init", "--kdf-memory", "1024", "--kdf-iterations", "1", "--chunk-size", "1KiB"]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("small")).unwrap();
+    fs::write(src.join("small/keep"), noise(1, 5000)).unwrap();
+    env.backup(&[src.to_str().unwrap()]);
+    let before = packs(&env);
+    fs::create_dir_all(src.join("big")).unwrap();
+    // About 3,000 chunks: more than a tree node lists inline.
+    fs::write(src.join("big/long"), noise(2, 3 << 20)).unwrap();
+    let s2 = env.backup(&[src.to_str().unwrap()]);
+    let new: Vec<PathBuf> = packs(&env).difference(&before).cloned().collect();
+    let biggest = new.iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    fs::remove_file(biggest).unwrap();
+    assert_eq!(env.run(&["check"]).status.code(), Some(4));
+    env.ok(&["repair", "index"]);
+    let r = env.json(&["repair", "snapshots", "--forget"]);
+    let rep = r["repaired"].as_array().unwrap();
+    assert_eq!(rep.len(), 1, "{r}");
+    assert_eq!(rep[0]["original"], s2["id"]);
+    let dropped: Vec<&str> =
+        rep[0]["dropped"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
+    assert_eq!(dropped, [format!("{}/big/long", src.display())], "{r}");
+    assert_eq!(rep[0]["dropped"][0]["type"], "file");
+    env.ok(&["check", "--read-data"]);
+    env.ok(&["restore", "latest", "--target", env.path("r").to_str().unwrap()]);
+    let out = env.path("r").join(src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(out.join("small/keep")).unwrap(), noise(1, 5000));
+    assert!(out.join("big").is_dir() && !out.join("big/long").exists());
+}
+
+/// A chunk damaged inside a pack that is still there: only `repair snapshots --read-data` sees
+/// it, and leaves its file out; prune then drops the damaged copy, and check is clean.
+#[test]
+fn repair_snapshots_read_data_leaves_out_a_file_with_a_damaged_chunk() {
+    let (env, _a, b, ida, idb, of_b) = two_snapshots();
+    let data_pack = of_b.iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    let len = fs::metadata(data_pack).unwrap().len() as usize;
+    flip(data_pack, len / 3);
+    let quick = env.json(&["repair", "snapshots"]);
+    assert_eq!(quick["repaired"].as_array().unwrap().len(), 0, "without --read-data nothing is read: {quick}");
+    let r = env.json(&["repair", "snapshots", "--read-data", "--forget"]);
+    let rep = r["repaired"].as_array().unwrap();
+    assert_eq!(rep.len(), 1, "{r}");
+    assert_eq!(rep[0]["original"], idb.as_str());
+    assert_eq!(r["intact"], serde_json::json!([ida]));
+    let dropped = rep[0]["dropped"].as_array().unwrap();
+    assert_eq!(dropped.len(), 1, "exactly the file with the damaged chunk goes: {r}");
+    let gone = dropped[0]["path"].as_str().unwrap().to_string();
+    env.ok(&["prune", "--max-unused", "0"]);
+    env.ok(&["check", "--read-data"]);
+    env.ok(&["restore", "latest", "--target", env.path("r").to_str().unwrap()]);
+    let rb = env.path("r").join(b.strip_prefix("/").unwrap());
+    for i in 0..5 {
+        let name = format!("b{i}");
+        if gone.ends_with(&format!("/{name}")) {
+            assert!(!rb.join(&name).exists());
+        } else {
+            assert_eq!(fs::read(rb.join(&name)).unwrap(), noise(200 + i, 3 << 20), "{name}");
+        }
+    }
+}

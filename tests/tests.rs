@@ -12,6 +12,7 @@ mod backup_restore;
 mod cli_errors;
 mod crash;
 mod docker;
+mod fixtures;
 mod forget;
 mod integrity;
 mod keys;

@@ -7,6 +7,7 @@ mod bench;
 mod ci;
 mod cmd;
 mod deps;
+mod fixtures;
 mod fuzz;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,9 @@ commands:
   deps [--check] [--list] [GROUP]...
                            install what the test suite needs (default: every group);
                            --check only probes, --list shows the groups
+  fixtures [--force] [CASE]...
+                           write the test repositories under tests/fixtures/ (broken on purpose,
+                           and the compatibility fixture, which is never rewritten)
   fuzz [args]              the fuzz targets (`cargo xtask fuzz --smoke --seconds 10` in CI)
   help                     this text
 ";
@@ -54,6 +58,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         "bench" => bench::run(rest),
         "ci" => ci::run(rest),
         "deps" => deps::run(rest),
+        "fixtures" => fixtures::run(rest),
         "fuzz" => fuzz::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");

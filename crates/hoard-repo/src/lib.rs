@@ -18,6 +18,7 @@ pub mod meta;
 pub mod packcache;
 pub mod packer;
 pub mod prune;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 
