@@ -168,7 +168,7 @@ mod tests {
         s.create(ObjectKind::Pack, "bbbb", &[Bytes::from_static(b"2")]).unwrap();
         let t = |n: &str| s.list(ObjectKind::Pack).unwrap().into_iter().find(|o| o.name == n).unwrap().modified_ns;
         let gap = t("bbbb") - t("aaaa");
-        assert!((7200_000_000_000..7260_000_000_000).contains(&gap), "{gap}");
+        assert!((7_200_000_000_000..7_260_000_000_000).contains(&gap), "{gap}");
         // A copy keeps the time, and its clock never reads earlier than what it holds.
         let c = MemoryStorage::new();
         c.create_at(ObjectKind::Pack, "bbbb", Bytes::from_static(b"2"), t("bbbb")).unwrap();
