@@ -75,6 +75,12 @@ fn prune_frees_what_it_said_and_kept_snapshots_restore() {
     assert!(d["recent_packs"].as_u64().unwrap() >= 3, "{d}");
     assert_eq!(d["keep_recent_packs_secs"], 24 * 3600, "{d}");
     assert_eq!(objects_in(&env, "condemned"), 0, "{d}");
+    // Durations: d, h, min and s; a bare "m" is refused rather than guessed (forget's m is months).
+    let o = env.run(&["prune", "--keep-recent-packs", "5m"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("90min"), "{}", String::from_utf8_lossy(&o.stderr));
+    let long = env.json(&["prune", "--dry-run", "--keep-recent-packs", "1d12h30min15s"]);
+    assert_eq!(long["keep_recent_packs_secs"], 86_400 + 12 * 3600 + 30 * 60 + 15, "{long}");
     let text = env.ok(&["prune", "--keep-recent-packs", "1h"]);
     assert!(text.contains("packs") && text.contains("younger than --keep-recent-packs 1h"), "{text}");
 
