@@ -939,6 +939,9 @@ struct ForgetArgs {
     /// With --prune: as `prune --max-unused`.
     #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = parse_percent, requires = "prune")]
     max_unused: f64,
+    /// With --prune: as `prune --keep-recent-packs`.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_grace, requires = "prune")]
+    keep_recent_packs: Duration,
     #[command(flatten)]
     filter: FilterArgs,
 }
@@ -969,8 +972,10 @@ impl ForgetArgs {
 /// asks for it before it removes anything, so that a build that cannot prune forgets nothing.
 type Pruner<'a> = Box<dyn FnOnce(&Repository, bool) -> Result<Value> + 'a>;
 
-fn forget_pruner(ctx: &Ctx, max_unused: f64) -> Result<Pruner<'_>> {
-    Ok(Box::new(move |repo: &Repository, dry_run: bool| run_prune(ctx, repo, &PruneArgs { dry_run, max_unused })))
+fn forget_pruner(ctx: &Ctx, max_unused: f64, keep_recent_packs: Duration) -> Result<Pruner<'_>> {
+    Ok(Box::new(move |repo: &Repository, dry_run: bool| {
+        run_prune(ctx, repo, &PruneArgs { dry_run, max_unused, keep_recent_packs })
+    }))
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -983,12 +988,44 @@ struct PruneArgs {
     /// takes; change nothing.
     #[arg(short = 'n', long)]
     dry_run: bool,
+    /// Leave alone packs written less than this long ago by the storage's clock, e.g. 24h, 90min,
+    /// 2d, 0 (units d, h, min, s). A snapshot just committed may be listed late by object
+    /// storage; its packs are then safe for this long. 0 turns this off: only when listings
+    /// never lag.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_grace)]
+    keep_recent_packs: Duration,
 }
 
 impl Default for PruneArgs {
     fn default() -> Self {
-        PruneArgs { max_unused: 0.1, dry_run: false }
+        PruneArgs { max_unused: 0.1, dry_run: false, keep_recent_packs: prune::DEFAULT_KEEP_RECENT }
     }
+}
+
+/// A grace period: `0`, or numbers each followed by d, h, min or s (`1d12h`, `90min`).
+fn parse_grace(s: &str) -> std::result::Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 24h, 90min, 2d or 0 (units d, h, min, s)");
+    let mut rest = s.trim();
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut secs: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = [("min", 60), ("d", 86_400), ("h", 3_600), ("s", 1)]
+            .into_iter()
+            .find(|(u, _)| rest.starts_with(u))
+            .map(|(u, m)| (m, u.len()))
+            .ok_or_else(bad)?;
+        secs = n.checked_mul(unit).and_then(|v| v.checked_add(secs)).ok_or_else(bad)?;
+        rest = &rest[len..];
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 fn parse_percent(s: &str) -> std::result::Result<f64, String> {
@@ -1010,7 +1047,12 @@ fn cmd_prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
 
 /// Runs a prune, prints its report as text (unless --json or -q), and returns it as JSON.
 fn run_prune(ctx: &Ctx, repo: &Repository, a: &PruneArgs) -> Result<Value> {
-    let opts = prune::PruneOptions { max_unused: a.max_unused, dry_run: a.dry_run, lock_stale: lock_stale()? };
+    let opts = prune::PruneOptions {
+        max_unused: a.max_unused,
+        dry_run: a.dry_run,
+        lock_stale: lock_stale()?,
+        keep_recent: a.keep_recent_packs,
+    };
     let r = prune::prune(repo, &opts)?;
     let p = &r.plan;
     let req = |q: &prune::Requests| json!({"list": q.lists, "read": q.reads, "write": q.writes, "delete": q.deletes});
@@ -1025,6 +1067,8 @@ fn run_prune(ctx: &Ctx, repo: &Repository, a: &PruneArgs) -> Result<Value> {
             "repack_packs": p.repack_packs, "repack_bytes": p.repack_bytes, "repack_used_bytes": p.repack_used_bytes,
             "condemned_packs": p.condemned_packs, "condemned_bytes": p.condemned_bytes,
             "young_packs": p.young_packs,
+            "recent_packs": p.recent_packs, "recent_bytes": p.recent_bytes,
+            "keep_recent_packs_secs": a.keep_recent_packs.as_secs(),
             "frees_bytes": p.frees_bytes,
             "planned_requests": req(&p.requests),
             "deleted_packs": r.deleted_packs,
@@ -1057,6 +1101,14 @@ fn run_prune(ctx: &Ctx, repo: &Repository, a: &PruneArgs) -> Result<Value> {
         t += &format!("  condemned by earlier prunes:{:>6}  {}\n", p.condemned_packs, b(p.condemned_bytes));
         if p.young_packs > 0 {
             t += &format!("  left alone: {} packs written since a running backup started\n", p.young_packs);
+        }
+        if p.recent_packs > 0 {
+            t += &format!(
+                "  left alone: {} packs ({}) younger than --keep-recent-packs {}\n",
+                p.recent_packs,
+                b(p.recent_bytes),
+                output::duration(a.keep_recent_packs)
+            );
         }
         t += &format!(
             "{} {}; requests: {} list, {} read, {} write, {} delete\n",
@@ -1106,7 +1158,7 @@ fn cmd_forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
         );
         return Ok(exit::USAGE);
     }
-    let prune = if a.prune { Some(forget_pruner(ctx, a.max_unused)?) } else { None };
+    let prune = if a.prune { Some(forget_pruner(ctx, a.max_unused, a.keep_recent_packs)?) } else { None };
     let repo = ctx.open()?;
     if prune.is_some() && !a.dry_run {
         // Refuse before removing anything, not after.

@@ -16,6 +16,17 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// A duration as `--keep-recent-packs` takes it: "24h", "90min", "45s", "0".
+pub fn duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0".into(),
+        _ if s % 3600 == 0 => format!("{}h", s / 3600),
+        _ if s % 60 == 0 => format!("{}min", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
 /// Local time as "2026-11-23 14:05:09".
 pub fn time(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000) as libc::time_t;

@@ -179,6 +179,8 @@ fn unreadable_files_are_reported_and_give_a_partial_exit_code() {
     assert_eq!(v["summary"]["errors"], 1);
     let ls = env.ok(&["ls", "latest"]);
     assert!(ls.contains("readable") && !ls.contains("secret"), "{ls}");
+    // The partial snapshot is a sound one: everything it lists is stored.
+    env.ok(&["check", "--read-data"]);
 }
 
 #[test]
@@ -283,4 +285,67 @@ fn a_file_that_changes_while_read_is_noted_in_the_summary() {
     env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap()]);
     let got = fs::metadata(restored(&env, "out", &src).join("growing.log")).unwrap().len();
     assert_eq!(got, node["size"].as_u64().unwrap());
+    env.ok(&["check", "--read-data"]);
+}
+
+/// Symlinks that loop, or point back up the tree, are stored as links and never followed: a
+/// backup that followed them would never end (or stop with ELOOP and a partial exit code).
+#[test]
+fn symlink_loops_are_stored_as_links_and_restored_identically() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("dir/sub")).unwrap();
+    fs::write(src.join("dir/sub/file"), b"the only file").unwrap();
+    symlink("b", src.join("a")).unwrap(); // a -> b -> a
+    symlink("a", src.join("b")).unwrap();
+    symlink("..", src.join("dir/sub/up")).unwrap(); // a directory link to its parent
+    symlink(&src, src.join("dir/root")).unwrap(); // an absolute link to the backed-up root
+    symlink("self", src.join("self")).unwrap(); // a link to itself
+                                                // A backup that loops must fail this test, not hang it.
+    let mut child =
+        env.cmd(&["--json", "backup", src.to_str().unwrap()]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the backup of a tree with symlink loops did not end in 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(0), "a clean backup, not a partial one");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["partial"], false, "{s}");
+    assert_eq!(s["summary"]["files_new"], 1, "only the one regular file is read: {s}");
+    assert_eq!(s["summary"]["errors"], 0, "{s}");
+    // Stored as links, with their targets as written.
+    let ls = env.json(&["ls", "latest"]);
+    let node = |name: &str| {
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["path"].as_str().unwrap().ends_with(&format!("/src/{name}")))
+            .unwrap_or_else(|| panic!("{name} is not in the snapshot: {ls}"))
+            .clone()
+    };
+    for (name, target) in
+        [("a", "b"), ("b", "a"), ("dir/sub/up", ".."), ("dir/root", src.to_str().unwrap()), ("self", "self")]
+    {
+        let n = node(name);
+        assert_eq!(n["type"], "symlink", "{n}");
+        assert_eq!(n["link_target"], target, "{n}");
+    }
+    let nothing_below = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| !n["path"].as_str().unwrap().contains("/up/") && !n["path"].as_str().unwrap().contains("/root/"));
+    assert!(nothing_below, "a link was followed: {ls}");
+    env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap()]);
+    assert_same_tree(&src, &restored(&env, "out", &src));
+    env.ok(&["check", "--read-data"]);
 }

@@ -171,7 +171,7 @@ fn forget_then_prune_frees_what_only_the_forgotten_snapshot_used() {
     env.ok(&["forget", "--keep-last", "1", "--prune", "--dry-run"]);
     assert_eq!(listed(&env), set(&[&a, &b]));
     assert_eq!(env.repo_size(), before);
-    let text = env.ok(&["forget", "--keep-last", "1", "--prune"]);
+    let text = env.ok(&["forget", "--keep-last", "1", "--prune", "--keep-recent-packs", "0"]);
     assert!(text.contains("removed 1 snapshots, kept 1"), "{text}");
     assert_eq!(listed(&env), set(&[&b]));
     let after = env.repo_size();
@@ -182,7 +182,7 @@ fn forget_then_prune_frees_what_only_the_forgotten_snapshot_used() {
     assert_eq!(fs::read(restored).unwrap(), noise(2, 300_000));
     // With --json, one document: forget's decisions and prune's report in its `prune` field.
     backup_with(&env, "data", "2024-01-03T12:00:00Z", &noise(3, 300_000));
-    let v = env.json(&["forget", "--keep-last", "1", "--prune"]);
+    let v = env.json(&["forget", "--keep-last", "1", "--prune", "--keep-recent-packs", "0"]);
     assert_eq!(v["removed"].as_array().unwrap().len(), 1, "{v}");
     assert!(v["prune"]["deleted_bytes"].as_u64().unwrap() > 250_000, "{v}");
 }

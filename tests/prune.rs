@@ -68,10 +68,26 @@ fn prune_frees_what_it_said_and_kept_snapshots_restore() {
     let c = env.json(&["check"]);
     assert!(c["reclaimable_bytes"].as_u64().unwrap() > 8 << 20, "{c}");
 
-    let plan = env.json(&["prune", "--dry-run"]);
+    // By default every pack here is too young to touch: nothing is condemned, and the report
+    // says why.
+    let d = env.json(&["prune"]);
+    assert_eq!(d["deleted_packs"], 0, "{d}");
+    assert!(d["recent_packs"].as_u64().unwrap() >= 3, "{d}");
+    assert_eq!(d["keep_recent_packs_secs"], 24 * 3600, "{d}");
+    assert_eq!(objects_in(&env, "condemned"), 0, "{d}");
+    // Durations: d, h, min and s; a bare "m" is refused rather than guessed (forget's m is months).
+    let o = env.run(&["prune", "--keep-recent-packs", "5m"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("90min"), "{}", String::from_utf8_lossy(&o.stderr));
+    let long = env.json(&["prune", "--dry-run", "--keep-recent-packs", "1d12h30min15s"]);
+    assert_eq!(long["keep_recent_packs_secs"], 86_400 + 12 * 3600 + 30 * 60 + 15, "{long}");
+    let text = env.ok(&["prune", "--keep-recent-packs", "1h"]);
+    assert!(text.contains("packs") && text.contains("younger than --keep-recent-packs 1h"), "{text}");
+
+    let plan = env.json(&["prune", "--dry-run", "--keep-recent-packs", "0"]);
     let before = env.repo_size();
     assert_eq!(env.repo_size(), before, "a dry run changes nothing");
-    let r = env.json(&["prune"]);
+    let r = env.json(&["prune", "--keep-recent-packs", "0"]);
     let after = env.repo_size();
     let planned_delete = ["unused_bytes", "unindexed_bytes", "repack_bytes", "condemned_bytes"]
         .iter()
@@ -98,7 +114,7 @@ fn prune_frees_what_it_said_and_kept_snapshots_restore() {
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
     // A second prune finds nothing to do.
-    let again = env.json(&["prune"]);
+    let again = env.json(&["prune", "--keep-recent-packs", "0"]);
     assert_eq!(again["deleted_packs"], 0, "{again}");
 }
 
@@ -122,7 +138,7 @@ fn sigkill_during_prune_at_twenty_points_loses_nothing_kept() {
     // How long a whole prune takes here, to spread the kill points over it.
     env.ok(&["forget", "--keep-last", "2"]);
     let t = Instant::now();
-    env.ok(&["prune", "--max-unused", "0%"]);
+    env.ok(&["prune", "--max-unused", "0%", "--keep-recent-packs", "0"]);
     let full = t.elapsed().max(Duration::from_millis(50));
     let points = 20;
     let mut killed = 0;
@@ -130,8 +146,12 @@ fn sigkill_during_prune_at_twenty_points_loses_nothing_kept() {
         churn(&env);
         env.ok(&["forget", "--keep-last", "2"]);
         let kept = snapshot_ids(&env);
-        let mut child =
-            env.cmd(&["prune", "--max-unused", "0%"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = env
+            .cmd(&["prune", "--max-unused", "0%", "--keep-recent-packs", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(full.mul_f64((k as f64 + 0.5) / points as f64));
         if child.try_wait().unwrap().is_none() {
             killed += 1;
@@ -143,7 +163,7 @@ fn sigkill_during_prune_at_twenty_points_loses_nothing_kept() {
     }
     assert!(killed >= points / 2, "only {killed} of {points} prunes were still running when killed");
     // The next prune takes over the dead one's lock and finishes the job.
-    let r = env.json(&["prune", "--max-unused", "0%"]);
+    let r = env.json(&["prune", "--max-unused", "0%", "--keep-recent-packs", "0"]);
     assert!(r["waiting"].as_array().unwrap().is_empty(), "{r}");
     assert_eq!(objects_in(&env, "condemned"), 0, "{r}");
     assert_eq!(objects_in(&env, "locks"), 0, "the dead prunes' locks are gone: {r}");
@@ -203,7 +223,7 @@ fn two_backups_and_a_prune_at_once_twenty_times() {
         std::thread::sleep(Duration::from_millis(rng.below(60)));
         let b = spawn(&["--json", "backup", dirs[1].to_str().unwrap()]);
         std::thread::sleep(Duration::from_millis(rng.below(120)));
-        let p = spawn(&["forget", "--keep-last", "2", "--prune", "--max-unused", "0%"]);
+        let p = spawn(&["forget", "--keep-last", "2", "--prune", "--max-unused", "0%", "--keep-recent-packs", "0"]);
         for (child, n) in [(a, 0), (b, 1)] {
             let out = wait_ok(child, &format!("round {round}: backup {n}"));
             let v: Value = serde_json::from_slice(&out).unwrap();
@@ -216,7 +236,7 @@ fn two_backups_and_a_prune_at_once_twenty_times() {
     // Timing decides how often a prune meets a backup it must wait for; say so, never assert.
     eprintln!("{overlapped} of 20 prunes left packs for a backup that was still running");
     // A last prune with nothing running sweeps whatever had to wait.
-    env.ok(&["prune", "--max-unused", "0%"]);
+    env.ok(&["prune", "--max-unused", "0%", "--keep-recent-packs", "0"]);
     env.ok(&["check", "--read-data"]);
     let left = snapshot_ids(&env);
     assert!(left.len() >= 4, "each source keeps its last two: {left:?}");
@@ -273,7 +293,8 @@ fn a_backup_stopped_across_a_prune_commits_a_snapshot_that_restores() {
     }
     // The only committed snapshot that uses that data goes, and a prune runs.
     env.ok(&["forget", &first]);
-    let o = env.cmd(&["--json", "prune"]).env("HOARD_LOCK_STALE_SECS", "1").output().unwrap();
+    let o =
+        env.cmd(&["--json", "prune", "--keep-recent-packs", "0"]).env("HOARD_LOCK_STALE_SECS", "1").output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["deleted_packs"], 0, "a stopped backup may still need every pack: {r}");
@@ -286,7 +307,7 @@ fn a_backup_stopped_across_a_prune_commits_a_snapshot_that_restores() {
     let v: Value = serde_json::from_slice(&out).unwrap();
     let id = v["id"].as_str().unwrap();
     // Now that it has ended, the next prune may sweep, and must keep what it references.
-    env.ok(&["prune"]);
+    env.ok(&["prune", "--keep-recent-packs", "0"]);
     env.ok(&["check", "--read-data"]);
     let dumped = env.cmd(&["dump", id, "dump.sql"]).output().unwrap();
     assert!(dumped.status.success(), "{}", String::from_utf8_lossy(&dumped.stderr));
@@ -314,7 +335,7 @@ fn prune_refuses_when_snapshots_use_blobs_the_index_lost() {
     for s in &segments {
         let saved = fs::read(s).unwrap();
         fs::remove_file(s).unwrap();
-        let o = env.run(&["prune"]);
+        let o = env.run(&["prune", "--keep-recent-packs", "0"]);
         if !o.status.success() {
             let err = String::from_utf8_lossy(&o.stderr);
             assert!(err.contains("repair index") || err.contains("cannot read tree"), "{err}");

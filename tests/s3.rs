@@ -66,7 +66,7 @@ fn repository_suite(env: &Env) {
     env.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
     assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2);
-    env.ok(&["forget", "--keep-last", "1", "--prune"]);
+    env.ok(&["forget", "--keep-last", "1", "--prune", "--keep-recent-packs", "0"]);
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
     let check = env.run(&["check", "--read-data"]);
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use hoard_core::format::pack::{self, PackEntry};
 use hoard_core::format::tree::NodeKind;
@@ -224,7 +225,9 @@ pub fn check(repo: &Repository, read_data: Option<Subset>) -> Result<CheckReport
     if report.ok() {
         // What prune would reclaim (at its default threshold): only meaningful when every
         // snapshot could be walked.
-        match crate::prune::plan(repo, crate::prune::PruneOptions::default().max_unused) {
+        // Packs of any age count: this is what no snapshot uses, which a prune reclaims once
+        // the packs are older than its grace period.
+        match crate::prune::plan(repo, crate::prune::PruneOptions::default().max_unused, Duration::ZERO) {
             Ok(p) => {
                 report.unused_packs = p.unused_packs;
                 report.condemned_packs = p.condemned_packs;

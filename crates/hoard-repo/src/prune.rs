@@ -16,6 +16,10 @@
 //!
 //! A marker that a running backup has not seen waits for the next prune. A prune killed at any
 //! point leaves a repository that `check` passes; the next prune finishes the job.
+//!
+//! Packs younger than a grace period ([`PruneOptions::keep_recent`], by the storage's clock) are
+//! never condemned: an object store may list a snapshot that was just committed late, and the
+//! packs of that backup would otherwise look unused.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -33,6 +37,11 @@ use crate::lock::{self, Marker, Session, DEFAULT_STALE};
 use crate::packer::Packer;
 use crate::repo::Repository;
 
+/// How long after it was written a pack is left alone by default: a day, as Kopia's default
+/// safety (`BlobDeleteMinAge`) does. It must outlast the longest backup plus the longest lag of
+/// a listing (docs/FORMAT.md, "Prune and concurrent writers").
+pub const DEFAULT_KEEP_RECENT: Duration = Duration::from_secs(24 * 3600);
+
 /// What a prune is asked to do.
 #[derive(Clone, Debug)]
 pub struct PruneOptions {
@@ -41,11 +50,15 @@ pub struct PruneOptions {
     /// Only compute and report the plan.
     pub dry_run: bool,
     pub lock_stale: Option<Duration>,
+    /// Never condemn, repack or delete a pack written less than this long ago, by the storage's
+    /// clock (its modification time against the time of the prune's own lock object). Zero
+    /// turns the grace period off, which is safe only when listings never lag.
+    pub keep_recent: Duration,
 }
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { max_unused: 0.1, dry_run: false, lock_stale: None }
+        PruneOptions { max_unused: 0.1, dry_run: false, lock_stale: None, keep_recent: DEFAULT_KEEP_RECENT }
     }
 }
 
@@ -81,6 +94,10 @@ pub struct PrunePlan {
     pub condemned_bytes: u64,
     /// Packs written since a backup that is still running started, left alone.
     pub young_packs: u64,
+    /// Packs younger than the grace period ([`PruneOptions::keep_recent`]), left alone, and
+    /// their size. Each such pack is counted here and not in [`Self::young_packs`].
+    pub recent_packs: u64,
+    pub recent_bytes: u64,
     /// Bytes the storage will hold less once this plan and every pending marker are swept.
     pub frees_bytes: u64,
     pub requests: Requests,
@@ -188,23 +205,65 @@ struct Planned {
     markers: Vec<Marker>,
 }
 
+/// The storage's clock, as a prune knows it.
+#[derive(Clone, Copy, Debug)]
+enum Now {
+    /// The time of this prune's own newest lock object, if the listing showed it.
+    Storage(Option<i64>),
+    /// A dry run, which writes nothing to stamp: this host's clock.
+    Host,
+}
+
+/// The time (storage clock) from which packs are younger than `keep_recent`, or `None` when
+/// the grace period is off. Every time it is computed from is at or before the storage's true
+/// now, so any error makes packs look younger, never older.
+fn recent_from(now: Now, keep_recent: Duration, packs: &[hoard_storage::ObjectInfo]) -> Option<i64> {
+    if keep_recent.is_zero() {
+        return None;
+    }
+    let newest_pack = packs.iter().map(|o| o.modified_ns).max();
+    let now = match now {
+        // Our own lock object, or failing that (a listing that lags) the newest pack: both
+        // were written before this moment.
+        Now::Storage(own) => own.max(newest_pack),
+        Now::Host => {
+            let host = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+            Some(newest_pack.map_or(host, |p| p.max(host)))
+        }
+    };
+    // With no time at all there is no pack either.
+    Some(now?.saturating_sub(i64::try_from(keep_recent.as_nanos()).unwrap_or(i64::MAX)))
+}
+
 /// `young_from`: packs created at or after this storage time may belong to a backup that is
 /// still running (its blobs are in no snapshot yet): they are left alone, not condemned, so
-/// that backup does not have to store them again when it commits.
-fn make_plan(repo: &Repository, max_unused: f64, young_from: Option<i64>) -> Result<Planned> {
+/// that backup does not have to store them again when it commits. Packs created after
+/// `now - keep_recent` are left alone too: a snapshot that uses them may not be listed yet.
+fn make_plan(
+    repo: &Repository,
+    max_unused: f64,
+    young_from: Option<i64>,
+    now: Now,
+    keep_recent: Duration,
+) -> Result<Planned> {
     repo.sync_index()?;
     let markers = lock::read_markers(repo)?;
     let condemned: HashSet<Id> = markers.iter().flat_map(|m| m.packs.iter().copied()).collect();
     let walked = used_from_snapshots(repo)?;
     let usage = repo.cache().pack_usage()?;
     let mut young: HashSet<Id> = HashSet::new();
-    let listed: HashMap<Id, u64> = repo
-        .storage()
-        .list(ObjectKind::Pack)?
+    let mut recent: HashSet<Id> = HashSet::new();
+    let packs = repo.storage().list(ObjectKind::Pack)?;
+    let recent_from = recent_from(now, keep_recent, &packs);
+    let listed: HashMap<Id, u64> = packs
         .into_iter()
         .filter_map(|o| {
             let id = Id::from_hex(&o.name).ok()?;
-            if young_from.is_some_and(|t| o.modified_ns >= t) {
+            if recent_from.is_some_and(|t| o.modified_ns > t) {
+                recent.insert(id);
+            } else if young_from.is_some_and(|t| o.modified_ns >= t) {
                 young.insert(id);
             }
             Some((id, o.size))
@@ -222,6 +281,9 @@ fn make_plan(repo: &Repository, max_unused: f64, young_from: Option<i64>) -> Res
         if condemned.contains(&u.pack) {
             plan.condemned_packs += 1;
             plan.condemned_bytes += size;
+        } else if recent.contains(&u.pack) {
+            plan.recent_packs += 1;
+            plan.recent_bytes += size;
         } else if young.contains(&u.pack) {
             plan.young_packs += 1;
         } else if u.used_blobs == 0 {
@@ -242,6 +304,9 @@ fn make_plan(repo: &Repository, max_unused: f64, young_from: Option<i64>) -> Res
             if condemned.contains(id) {
                 plan.condemned_packs += 1;
                 plan.condemned_bytes += size;
+            } else if recent.contains(id) {
+                plan.recent_packs += 1;
+                plan.recent_bytes += size;
             } else if young.contains(id) {
                 plan.young_packs += 1;
             } else {
@@ -269,10 +334,11 @@ fn make_plan(repo: &Repository, max_unused: f64, young_from: Option<i64>) -> Res
 }
 
 /// The plan only: what prune would delete and rewrite, with no lock and no writes (`prune
-/// --dry-run`, `check`).
-pub fn plan(repo: &Repository, max_unused: f64) -> Result<PrunePlan> {
+/// --dry-run`, `check`). Having no lock object of its own to tell the storage's time by, it
+/// judges `keep_recent` by this host's clock (or the newest pack's time, if later).
+pub fn plan(repo: &Repository, max_unused: f64, keep_recent: Duration) -> Result<PrunePlan> {
     let sessions = lock::sessions(repo, None, DEFAULT_STALE)?;
-    Ok(make_plan(repo, max_unused, young_from(&sessions, None))?.plan)
+    Ok(make_plan(repo, max_unused, young_from(&sessions, None), Now::Host, keep_recent)?.plan)
 }
 
 /// The start (storage clock) of the oldest live session other than `me` (a backup, or a prune
@@ -300,7 +366,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         return Err(RepoError::Invalid("--max-unused must be between 0% and 100%".into()));
     }
     if opts.dry_run {
-        return Ok(PruneReport { plan: plan(repo, opts.max_unused)?, ..Default::default() });
+        return Ok(PruneReport { plan: plan(repo, opts.max_unused, opts.keep_recent)?, ..Default::default() });
     }
     check_version(repo)?;
     let stale = opts.lock_stale.unwrap_or(DEFAULT_STALE);
@@ -318,8 +384,10 @@ fn run(repo: &Repository, opts: &PruneOptions, session: &Session, stale: Duratio
     // Sessions before packs: a backup that wrote a pack we are about to list already had its
     // lock when we list the sessions.
     let before = lock::sessions(repo, Some(session), stale)?;
+    // The storage's clock: our own newest lock object, written before this listing.
+    let now = Now::Storage(before.get(&session.id()).map(|v| v.modified_ns));
     let Planned { plan, delete, repack, mut walked, mut markers } =
-        make_plan(repo, opts.max_unused, young_from(&before, Some(session.id())))?;
+        make_plan(repo, opts.max_unused, young_from(&before, Some(session.id())), now, opts.keep_recent)?;
     let mut report = PruneReport { plan, ..Default::default() };
     report.requests.lists = report.plan.requests.lists;
 

@@ -12,13 +12,13 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hoard_core::Id;
 use hoard_repo::backup::fs::backup_paths;
 use hoard_repo::backup::BackupOptions;
 use hoard_repo::check::{check, Subset};
-use hoard_repo::prune::{prune, PruneOptions};
+use hoard_repo::prune::{prune, PruneOptions, PruneReport};
 use hoard_repo::Repository;
 use hoard_storage::fault::FaultStorage;
 use hoard_storage::{MemoryStorage, ObjectKind, Storage};
@@ -104,7 +104,7 @@ impl Scenario {
                 for (id, ..) in w.earlier.iter().filter(|(id, ..)| self.removes(w, id)) {
                     repo.remove_snapshot(id)?;
                 }
-                prune(repo, &PruneOptions { max_unused: 0.0, ..Default::default() })?;
+                prune(repo, &prune_everything())?;
             }
         }
         Ok(())
@@ -118,6 +118,12 @@ impl Scenario {
             Scenario::ForgetLastAndPrune => w.earlier.last().is_some_and(|(e, ..)| e == id),
         }
     }
+}
+
+/// `--max-unused 0` and no grace period: every pack here was written seconds ago, and these
+/// tests mean prune to repack and delete them (the storage lists consistently).
+fn prune_everything() -> PruneOptions {
+    PruneOptions { max_unused: 0.0, keep_recent: Duration::ZERO, ..Default::default() }
 }
 
 /// How many storage calls the operation makes when nothing goes wrong.
@@ -204,8 +210,7 @@ fn verify(w: &World, s: Scenario, at: &str, repo: &Repository, mut out: Outcome)
     // The next scheduled run: a backup and a prune, then a full check from a fresh cache.
     backup_paths(repo, std::slice::from_ref(&w.next_source), &BackupOptions::default())
         .unwrap_or_else(|e| panic!("{s:?}, {at}: the next backup failed: {e}"));
-    prune(repo, &PruneOptions { max_unused: 0.0, ..Default::default() })
-        .unwrap_or_else(|e| panic!("{s:?}, {at}: the next prune failed: {e}"));
+    prune(repo, &prune_everything()).unwrap_or_else(|e| panic!("{s:?}, {at}: the next prune failed: {e}"));
     let fresh = w.open(repo.storage().clone());
     let report = check(&fresh, Some(Subset::All)).unwrap();
     assert!(report.errors.is_empty(), "{s:?}, {at}: check after the next run: {:?}", report.errors);
@@ -306,41 +311,97 @@ fn one_failed_call_anywhere_in_a_nightly_run_harms_nothing() {
     assert!(failed > 0, "no injected failure surfaced: the wrapper is not in the path");
 }
 
-/// The storage contract lets listings lag behind creates (object stores). A prune that runs
-/// right after a backup finished, while the listing does not show the backup's snapshot yet,
-/// should not delete what that snapshot needs.
-///
-/// It does today, and this test pins that known gap so that its description stays true: the
-/// prune sees the new packs as unused, condemns them and, with no live session left to wait for,
-/// sweeps them at once; the snapshot then fails with a missing blob, and `check` says so.
-/// FORMAT.md ("Prune and concurrent writers", Assumptions and Known gaps) names listings that
-/// show every finished object as a precondition of the protocol. When prune learns to defend
-/// itself (for instance by leaving alone packs younger than a grace period by the storage's
-/// clock), this test fails, and must be turned into the test that the snapshot survives.
-#[test]
-fn known_gap_a_prune_on_a_lagging_listing_loses_the_newest_backup() {
-    let w = World::new();
+/// A day and a bit: earlier packs become older than the default grace period.
+const LATER: Duration = Duration::from_secs(25 * 3600);
+
+/// The first earlier snapshot's own packs are what a prune may delete: it is forgotten, and
+/// its packs are made old by moving the storage's clock past the default grace period.
+fn aged_world(w: &World) -> (Arc<FaultStorage<MemoryStorage>>, Repository) {
     let fs = Arc::new(FaultStorage::new(copy(&w.base)));
-    let faults = fs.faults();
+    fs.inner().clock().advance(LATER);
     let repo = w.open(fs.clone());
+    repo.remove_snapshot(&w.earlier[0].0).unwrap();
+    (fs, repo)
+}
+
+/// Backs up the new tree, then prunes from another handle while the listing does not show the
+/// new snapshot yet (it was the backup's last create), as an object store that lags may.
+/// Returns the prune's report and whether the new snapshot then restores whole.
+fn prune_on_a_lagging_listing(w: &World, opts: &PruneOptions) -> (PruneReport, bool, Vec<String>) {
+    let (fs, repo) = aged_world(w);
+    let faults = fs.faults();
     let new = backup_paths(&repo, std::slice::from_ref(&w.next_source), &BackupOptions::default()).unwrap();
-    // The snapshot was the backup's last create: hide it from listings, as a lagging store would.
     faults.stale_listings(1);
     let other = w.open(fs.clone());
     assert!(other.snapshots().unwrap().iter().all(|e| e.id != new.id), "the listing lags");
-    prune(&other, &PruneOptions { max_unused: 0.0, ..Default::default() }).unwrap();
+    let report = prune(&other, opts).unwrap();
     faults.clear();
     let fresh = w.open(fs.clone());
     let entry = fresh.find_snapshot(&new.id.to_hex(), &|_| true).unwrap();
     let whole = restore_files(&fresh, &entry, &w.next_source, &w.tmp.path().join("r"))
         .map(|(summary, got)| summary.errors.is_empty() && got == files(&w.next_source))
         .unwrap_or(false);
-    let report = check(&fresh, Some(Subset::All)).unwrap();
-    assert!(
-        !whole && !report.errors.is_empty(),
-        "the known gap is closed: the newest snapshot survived a prune on a lagging listing; \
-         turn this test into one that requires it (and update docs/TESTING.md and FORMAT.md)"
+    let errors = check(&fresh, Some(Subset::All)).unwrap().errors;
+    (report, whole, errors)
+}
+
+/// The storage contract lets listings lag behind creates (object stores). A prune that runs
+/// right after a backup finished, while the listing does not show the backup's snapshot yet,
+/// sees the new packs as unused and has no live session to wait for. It must leave them alone
+/// because they are younger than its grace period (`keep_recent`, by the storage's clock), and
+/// still delete the old packs of a forgotten snapshot in the same run.
+#[test]
+fn a_prune_on_a_lagging_listing_keeps_the_newest_backup() {
+    let w = World::new();
+    let opts = PruneOptions { max_unused: 0.0, ..Default::default() };
+    assert_eq!(opts.keep_recent, hoard_repo::prune::DEFAULT_KEEP_RECENT);
+    let (report, whole, errors) = prune_on_a_lagging_listing(&w, &opts);
+    println!(
+        "lagging listing, default grace period: {} packs left alone as too young, {} deleted; snapshot whole: {whole}",
+        report.plan.recent_packs, report.deleted_packs
     );
+    assert!(whole, "the newest snapshot was lost: {report:?}");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(report.plan.recent_packs > 0, "{report:?}");
+    assert!(report.deleted_packs > 0, "the old packs of the forgotten snapshot should go: {report:?}");
+}
+
+/// The control: the same prune with the grace period off loses the snapshot, so the test above
+/// passes because of the grace period and not because the scenario stopped exercising the gap.
+#[test]
+fn without_a_grace_period_a_lagging_listing_loses_the_newest_backup() {
+    let w = World::new();
+    let opts = prune_everything();
+    let (report, whole, errors) = prune_on_a_lagging_listing(&w, &opts);
+    println!("lagging listing, no grace period: {} packs deleted; snapshot whole: {whole}", report.deleted_packs);
+    assert!(!whole && !errors.is_empty(), "the snapshot survived with no grace period: {report:?}");
+}
+
+/// The grace period delays prune, it does not disable it: a pack nothing uses is left alone while
+/// it is young, and deleted by a prune once the storage's clock has moved past the period.
+#[test]
+fn a_pack_older_than_the_grace_period_is_pruned() {
+    let w = World::new();
+    let (fs, repo) = aged_world(&w);
+    let new = backup_paths(&repo, std::slice::from_ref(&w.next_source), &BackupOptions::default()).unwrap();
+    repo.remove_snapshot(&new.id).unwrap();
+    let opts = PruneOptions { max_unused: 0.0, ..Default::default() };
+    let young = prune(&repo, &opts).unwrap();
+    assert!(young.plan.recent_packs > 0 && young.plan.recent_bytes > 0, "{young:?}");
+    let packs = |r: &Repository| r.storage().list(ObjectKind::Pack).unwrap().len();
+    let kept = packs(&repo);
+    fs.inner().clock().advance(LATER);
+    let old = prune(&repo, &opts).unwrap();
+    println!(
+        "grace period: the first prune left {} young packs alone (deleted {} old ones); 25 h later the next deleted {}",
+        young.plan.recent_packs, young.deleted_packs, old.deleted_packs
+    );
+    assert_eq!(old.plan.recent_packs, 0, "{old:?}");
+    assert!(old.deleted_packs >= young.plan.recent_packs, "young {young:?}\nold {old:?}");
+    assert!(packs(&repo) < kept);
+    let fresh = w.open(fs.clone());
+    let report = check(&fresh, Some(Subset::All)).unwrap();
+    assert!(report.errors.is_empty() && report.unused_packs == 0, "{report:?}");
 }
 
 /// Storage so slow that a backup's lock refreshes fall behind half its stale timeout, so others
@@ -353,8 +414,8 @@ fn a_backup_on_storage_slower_than_its_lock_timeout_commits_whole() {
     let repo = w.open(fs.clone());
     // The shortest stale timeout hoard allows is 300 ms; refreshes are due every 50 ms, and a
     // refresh (a create and a delete) now takes 200 ms.
-    fs.faults().delay(std::time::Duration::from_millis(100));
-    let opts = BackupOptions { lock_stale: Some(std::time::Duration::from_millis(300)), ..Default::default() };
+    fs.faults().delay(Duration::from_millis(100));
+    let opts = BackupOptions { lock_stale: Some(Duration::from_millis(300)), ..Default::default() };
     let t = Instant::now();
     let new = backup_paths(&repo, std::slice::from_ref(&w.next_source), &opts).unwrap();
     let calls = fs.faults().ops();

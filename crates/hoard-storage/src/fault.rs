@@ -206,13 +206,14 @@ impl<S: Storage> FaultStorage<S> {
     }
 
     /// What survived: every object of the wrapped storage (read past any fault) in a fresh
-    /// [`MemoryStorage`], to reopen as after a reboot.
+    /// [`MemoryStorage`], to reopen as after a reboot. Objects keep their modification times,
+    /// and the new storage's clock starts no earlier than the newest of them.
     pub fn surviving(&self) -> Result<MemoryStorage> {
         let out = MemoryStorage::new();
         for kind in ObjectKind::ALL {
             for o in self.inner.list(kind)? {
                 let bytes = self.inner.read(kind, &o.name)?;
-                out.create(kind, &o.name, &[Bytes::from(bytes)])?;
+                out.create_at(kind, &o.name, Bytes::from(bytes), o.modified_ns)?;
             }
         }
         Ok(out)

@@ -199,6 +199,18 @@ pub mod contract {
             s.list(ObjectKind::Pack).unwrap().into_iter().map(|o| (o.name, o.size)).collect();
         l.sort();
         assert_eq!(l, vec![("bb22".into(), 4), ("cc33".into(), 5)]);
+        // Listings carry the storage's modification time, which prune's grace period for young
+        // packs relies on: Unix nanoseconds, near this host's clock (an hour of skew allowed),
+        // and not earlier for a later create by more than a second (S3 keeps whole seconds).
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+        let times: Vec<(String, i64)> =
+            s.list(ObjectKind::Pack).unwrap().into_iter().map(|o| (o.name, o.modified_ns)).collect();
+        let time = |n: &str| times.iter().find(|(m, _)| m == n).unwrap().1;
+        const HOUR: i64 = 3_600_000_000_000;
+        for (name, t) in &times {
+            assert!((now - *t).abs() < HOUR, "{name}: modified_ns {t} is not within an hour of {now}");
+        }
+        assert!(time("cc33") >= time("bb22") - 1_000_000_000, "{times:?}");
         // A kind with no objects yet (or whose directory an older version never made) lists empty.
         assert!(s.list(ObjectKind::Condemned).unwrap().is_empty());
         s.delete(ObjectKind::Pack, "bb22").unwrap();

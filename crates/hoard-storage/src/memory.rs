@@ -1,21 +1,75 @@
 //! An in-memory backend for tests: the same contract as the others, no durability.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::{ErrorKind, ObjectInfo, ObjectKind, Result, Storage, StorageError};
 
+/// The clock a [`MemoryStorage`] stamps objects with: this host's clock plus an offset that
+/// tests can move forward, as if time had passed at the storage. Clones share one offset.
+#[derive(Clone, Debug, Default)]
+pub struct Clock(Arc<AtomicI64>);
+
+impl Clock {
+    /// The storage's time now, in Unix nanoseconds.
+    pub fn now_ns(&self) -> i64 {
+        now_ns().saturating_add(self.0.load(Ordering::SeqCst))
+    }
+
+    /// Moves the clock forward: objects created from now on look this much younger than those
+    /// created before.
+    pub fn advance(&self, d: Duration) {
+        self.0.fetch_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX), Ordering::SeqCst);
+    }
+
+    /// Moves the clock forward, if needed, so that it reads at least `t` now.
+    pub fn catch_up(&self, t: i64) {
+        let behind = t.saturating_sub(self.now_ns());
+        if behind > 0 {
+            self.0.fetch_add(behind, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Objects in a map. Cloning shares nothing; wrap it in an `Arc` to share.
 #[derive(Default)]
 pub struct MemoryStorage {
     objects: Mutex<BTreeMap<(ObjectKind, String), (Bytes, i64)>>,
+    clock: Clock,
 }
 
 impl MemoryStorage {
     pub fn new() -> MemoryStorage {
         MemoryStorage::default()
+    }
+
+    /// An empty storage whose objects are stamped by `clock`.
+    pub fn with_clock(clock: Clock) -> MemoryStorage {
+        MemoryStorage { objects: Mutex::default(), clock }
+    }
+
+    /// The clock this storage stamps objects with (a handle: advancing it moves this storage's
+    /// time).
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
+    /// Creates an object with a given modification time, as a copy of another storage's object
+    /// keeps its time (the contract of [`Storage::create`] otherwise). The clock is moved
+    /// forward if needed, so it never reads earlier than an object it holds.
+    pub fn create_at(&self, kind: ObjectKind, name: &str, data: Bytes, modified_ns: i64) -> Result<()> {
+        let mut m = self.objects.lock().unwrap();
+        let key = (kind, name.to_string());
+        if m.contains_key(&key) {
+            return Err(StorageError::new(ErrorKind::AlreadyExists, format!("{} {name}", kind.name())));
+        }
+        self.clock.catch_up(modified_ns);
+        m.insert(key, (data, modified_ns));
+        Ok(())
     }
 
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Bytes> {
@@ -30,7 +84,7 @@ impl MemoryStorage {
     /// Replaces an object's bytes, bypassing the create-only contract: for tests that damage
     /// a repository on purpose.
     pub fn overwrite(&self, kind: ObjectKind, name: &str, data: Vec<u8>) {
-        self.objects.lock().unwrap().insert((kind, name.to_string()), (Bytes::from(data), now_ns()));
+        self.objects.lock().unwrap().insert((kind, name.to_string()), (Bytes::from(data), self.clock.now_ns()));
     }
 }
 
@@ -49,7 +103,7 @@ impl Storage for MemoryStorage {
         if m.contains_key(&key) {
             return Err(StorageError::new(ErrorKind::AlreadyExists, format!("{} {name}", kind.name())));
         }
-        m.insert(key, (Bytes::from(pieces.concat()), now_ns()));
+        m.insert(key, (Bytes::from(pieces.concat()), self.clock.now_ns()));
         Ok(())
     }
 
@@ -95,8 +149,30 @@ impl Storage for MemoryStorage {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use crate::{MemoryStorage, ObjectKind, Storage};
+
     #[test]
     fn contract() {
-        crate::contract::run(&super::MemoryStorage::new());
+        crate::contract::run(&MemoryStorage::new());
+    }
+
+    #[test]
+    fn the_clock_stamps_objects_and_moves_forward() {
+        let s = MemoryStorage::new();
+        s.create(ObjectKind::Pack, "aaaa", &[Bytes::from_static(b"1")]).unwrap();
+        s.clock().advance(Duration::from_secs(7200));
+        s.create(ObjectKind::Pack, "bbbb", &[Bytes::from_static(b"2")]).unwrap();
+        let t = |n: &str| s.list(ObjectKind::Pack).unwrap().into_iter().find(|o| o.name == n).unwrap().modified_ns;
+        let gap = t("bbbb") - t("aaaa");
+        assert!((7_200_000_000_000..7_260_000_000_000).contains(&gap), "{gap}");
+        // A copy keeps the time, and its clock never reads earlier than what it holds.
+        let c = MemoryStorage::new();
+        c.create_at(ObjectKind::Pack, "bbbb", Bytes::from_static(b"2"), t("bbbb")).unwrap();
+        assert!(c.clock().now_ns() >= t("bbbb"));
+        assert_eq!(c.list(ObjectKind::Pack).unwrap()[0].modified_ns, t("bbbb"));
     }
 }

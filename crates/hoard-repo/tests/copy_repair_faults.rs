@@ -1,0 +1,310 @@
+//! `hoard copy` and `hoard repair index` under storage faults, as crash_sim.rs does it for backup
+//! and prune: the storage crashes at its Nth call (that call and every later one have no
+//! effect), or fails one call and carries on, for every N up to the number of calls the
+//! operation makes.
+//!
+//! - A copy must leave the source untouched, list in the target only snapshots that restore
+//!   byte for byte, and a second copy must finish the job with `check --read-data` clean and no
+//!   blob stored twice (the same blobs as a copy that never failed).
+//! - A repair of the index must leave every snapshot restorable from a fresh index cache, and a
+//!   second repair must finish with `check --read-data` clean.
+//!
+//! Run with `cargo test -p hoard-repo --test copy_repair_faults -- --nocapture` for the figures.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hoard_core::Id;
+use hoard_repo::backup::fs::backup_paths;
+use hoard_repo::backup::BackupOptions;
+use hoard_repo::check::{check, Subset};
+use hoard_repo::copy::{copy_snapshots, CopyOptions, COPIED_FROM};
+use hoard_repo::inspect::repair_index;
+use hoard_repo::Repository;
+use hoard_storage::fault::FaultStorage;
+use hoard_storage::{ErrorKind, MemoryStorage, ObjectKind, Storage};
+use support::*;
+
+const SNAPSHOTS: u64 = 3;
+
+/// A source repository with three snapshots that share files, and an empty target repository
+/// with keys of its own (so every blob is read, checked and stored again under a new id).
+struct World {
+    tmp: tempfile::TempDir,
+    source: MemoryStorage,
+    target: MemoryStorage,
+    /// Each source snapshot, the directory it backed up and the files it held.
+    snaps: Vec<(Id, PathBuf, BTreeMap<PathBuf, Vec<u8>>)>,
+    caches: std::cell::Cell<u32>,
+}
+
+impl World {
+    fn new() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let source: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let repo = init(source.clone(), &tmp.path().join("init-source"));
+        let mut snaps = Vec::new();
+        for i in 1..=SNAPSHOTS {
+            let src = tmp.path().join(format!("src{i}"));
+            make_tree(&src, i, &[1, 2], 48 << 10);
+            let r = backup_paths(&repo, std::slice::from_ref(&src), &BackupOptions::default()).unwrap();
+            snaps.push((r.id, src.clone(), files(&src)));
+        }
+        drop(repo);
+        let target: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        drop(init(target.clone(), &tmp.path().join("init-target")));
+        World { source: copy(&*source), target: copy(&*target), tmp, snaps, caches: std::cell::Cell::new(0) }
+    }
+
+    fn fresh_cache(&self) -> PathBuf {
+        self.caches.set(self.caches.get() + 1);
+        self.tmp.path().join(format!("cache-{}", self.caches.get()))
+    }
+
+    fn open(&self, storage: Arc<dyn Storage>) -> Repository {
+        Repository::open(storage, PASSWORD, &self.fresh_cache()).unwrap()
+    }
+}
+
+fn copy_all(src: &Repository, dst: &Repository) -> hoard_repo::Result<usize> {
+    let which = src.snapshots()?;
+    let opts = CopyOptions { cancel: Arc::new(AtomicBool::new(false)), lock_stale: None };
+    Ok(copy_snapshots(src, dst, &which, &opts)?.copied.len())
+}
+
+/// Every object's kind, name and bytes, to tell that a storage was not changed.
+fn digest(s: &dyn Storage) -> Vec<(ObjectKind, String, [u8; 32])> {
+    let mut out = Vec::new();
+    for kind in ObjectKind::ALL {
+        for o in s.list(kind).unwrap() {
+            out.push((kind, o.name.clone(), *blake3::hash(&s.read(kind, &o.name).unwrap()).as_bytes()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Index entries in all, and distinct blobs: equal when no blob is indexed twice.
+fn blob_counts(repo: &Repository) -> (u64, u64) {
+    let cache = repo.cache();
+    let entries = cache.packs().unwrap().iter().map(|(p, _)| cache.pack_entries(p).unwrap().len() as u64).sum();
+    (entries, cache.totals().unwrap().0)
+}
+
+/// Every snapshot the target lists is a copy of a source snapshot and restores byte for byte.
+/// Returns how many it lists.
+fn target_snapshots_whole(w: &World, dst: &Repository, at: &str) -> usize {
+    let listed = dst.snapshots().unwrap();
+    for e in &listed {
+        let from = e.snapshot.labels.iter().find(|(k, _)| k == COPIED_FROM).map(|(_, v)| v.clone());
+        let (_, src, want) = w
+            .snaps
+            .iter()
+            .find(|(id, ..)| Some(id.to_hex()) == from)
+            .unwrap_or_else(|| panic!("{at}: target snapshot {} is no copy of a source snapshot", e.id));
+        let (summary, got) = restore_files(dst, e, src, &w.tmp.path().join("restored"))
+            .unwrap_or_else(|err| panic!("{at}: target snapshot {} lists but fails: {err}", e.id));
+        assert!(summary.errors.is_empty(), "{at}: {:?}", summary.errors);
+        assert!(got == *want, "{at}: target snapshot {} restores different bytes", e.id);
+    }
+    let distinct: HashSet<_> =
+        listed.iter().filter_map(|e| e.snapshot.labels.iter().find(|(k, _)| k == COPIED_FROM)).collect();
+    assert_eq!(distinct.len(), listed.len(), "{at}: a source snapshot was copied twice");
+    listed.len()
+}
+
+/// What a clean copy stores in the target.
+struct Clean {
+    /// Calls on the source and on the target (after opening both).
+    source_calls: u64,
+    target_calls: u64,
+    /// Distinct blobs in the target's index.
+    blobs: u64,
+}
+
+fn clean_copy(w: &World) -> Clean {
+    let sfs = Arc::new(FaultStorage::new(copy(&w.source)));
+    let tfs = Arc::new(FaultStorage::new(copy(&w.target)));
+    let src = w.open(sfs.clone());
+    let dst = w.open(tfs.clone());
+    let (s0, t0) = (sfs.faults().ops(), tfs.faults().ops());
+    assert_eq!(copy_all(&src, &dst).unwrap(), SNAPSHOTS as usize);
+    let clean = Clean {
+        source_calls: sfs.faults().ops() - s0,
+        target_calls: tfs.faults().ops() - t0,
+        blobs: blob_counts(&w.open(tfs.clone())).1,
+    };
+    let report = check(&w.open(tfs), Some(Subset::All)).unwrap();
+    assert!(report.errors.is_empty() && report.unindexed_packs == 0, "{report:?}");
+    clean
+}
+
+/// After the fault: the source is as it was, the target lists only whole snapshots; a second
+/// copy (same handles, as a retry would) completes, and from a fresh cache the target checks
+/// clean with every blob stored once, the same blobs as a clean copy.
+fn verify_copy(
+    w: &World,
+    at: &str,
+    src: &Repository,
+    dst: &Repository,
+    before: &[(ObjectKind, String, [u8; 32])],
+    clean: &Clean,
+) -> usize {
+    assert!(digest(&**src.storage()) == before, "{at}: the source changed");
+    let listed = target_snapshots_whole(w, dst, at);
+    copy_all(src, dst).unwrap_or_else(|e| panic!("{at}: the second copy failed: {e}"));
+    let fresh = w.open(dst.storage().clone());
+    assert_eq!(target_snapshots_whole(w, &fresh, at), SNAPSHOTS as usize, "{at}");
+    let report = check(&fresh, Some(Subset::All)).unwrap();
+    assert!(report.errors.is_empty(), "{at}: check after the second copy: {:?}", report.errors);
+    let (entries, distinct) = blob_counts(&fresh);
+    assert_eq!(distinct, clean.blobs, "{at}: the target holds other blobs than a clean copy");
+    assert_eq!(entries, distinct, "{at}: a blob is indexed twice");
+    assert_eq!(report.unindexed_packs, 0, "{at}: packs nobody indexes were left, stored for nothing");
+    listed
+}
+
+#[test]
+fn no_crash_point_of_a_copy_breaks_the_target_or_touches_the_source() {
+    let w = World::new();
+    let clean = clean_copy(&w);
+    let t = Instant::now();
+    let (mut points, mut committed, mut tolerated) = (0u64, 0usize, 0u64);
+    for n in 1..=clean.target_calls {
+        let sfs = Arc::new(copy(&w.source));
+        let before = digest(&*sfs);
+        let src = w.open(sfs.clone());
+        let tfs = Arc::new(FaultStorage::new(copy(&w.target)));
+        let faults = tfs.faults();
+        // The cache directory of the run that crashes, kept for the run after the reboot: the
+        // same host runs the next copy (and finds its journal of packs it never indexed).
+        let cache = w.fresh_cache();
+        let dst = Repository::open(tfs.clone(), PASSWORD, &cache).unwrap();
+        faults.crash_at(faults.ops() + n);
+        let r = copy_all(&src, &dst);
+        if !faults.crashed() {
+            // Uploads run on two threads: a run can make a call fewer than the clean count.
+            continue;
+        }
+        // A crash while the last session's locks are deleted, after its snapshot is written, is
+        // only warned about: the copy is done.
+        tolerated += u64::from(r.is_ok());
+        points += 1;
+        drop(dst);
+        // The reboot: what was durable, without the dead session's locks (which the next prune
+        // would find stale by their dead process id).
+        let survivors = tfs.surviving().unwrap();
+        for o in survivors.list(ObjectKind::Lock).unwrap() {
+            survivors.delete(ObjectKind::Lock, &o.name).unwrap();
+        }
+        let dst = Repository::open(Arc::new(survivors), PASSWORD, &cache).unwrap();
+        committed += verify_copy(&w, &format!("crash at target call {n}"), &src, &dst, &before, &clean);
+    }
+    println!(
+        "copy, target crashes: {} target calls, {points} crash points in {:.1?}; \
+         snapshots already in the target at the crash: {committed}; copy returned Ok despite the crash: {tolerated}",
+        clean.target_calls,
+        t.elapsed()
+    );
+    assert!(tolerated < points, "no crash made the copy fail: the wrapper is not in the path");
+    assert!(points >= 30, "only {points} crash points: the copy has become too small to prove much");
+}
+
+#[test]
+fn one_failed_call_of_the_source_or_the_target_harms_neither() {
+    let w = World::new();
+    let clean = clean_copy(&w);
+    let t = Instant::now();
+    let mut figures = Vec::new();
+    for side in ["source", "target"] {
+        let total = if side == "source" { clean.source_calls } else { clean.target_calls };
+        let (mut points, mut failed) = (0u64, 0u64);
+        for n in 1..=total {
+            let sfs = Arc::new(FaultStorage::new(copy(&w.source)));
+            let tfs = Arc::new(FaultStorage::new(copy(&w.target)));
+            let before = digest(sfs.inner());
+            let src = w.open(sfs.clone());
+            let dst = w.open(tfs.clone());
+            let faults = if side == "source" { sfs.faults() } else { tfs.faults() };
+            let start = faults.ops();
+            faults.fail_nth(None, start + n, ErrorKind::Other);
+            let r = copy_all(&src, &dst);
+            let reached = faults.ops() - start >= n;
+            faults.clear();
+            if !reached {
+                continue;
+            }
+            points += 1;
+            failed += u64::from(r.is_err());
+            verify_copy(&w, &format!("failed {side} call {n}"), &src, &dst, &before, &clean);
+        }
+        println!(
+            "copy, one failed {side} call: {total} calls, {points} points; the copy reported the failure {failed} times"
+        );
+        assert!(points >= 20, "only {points} points on the {side}");
+        assert!(failed > 0, "no failure on the {side} surfaced: the wrapper is not in the path");
+        figures.push(points);
+    }
+    println!("copy, one failed call: {} points in all in {:.1?}", figures.iter().sum::<u64>(), t.elapsed());
+}
+
+#[test]
+fn no_crash_point_of_repair_index_loses_a_snapshot() {
+    let w = World::new();
+    let calls = {
+        let fs = Arc::new(FaultStorage::new(copy(&w.source)));
+        let repo = w.open(fs.clone());
+        let start = fs.faults().ops();
+        let r = repair_index(&repo).unwrap();
+        assert!(r.unreadable.is_empty() && r.packs > 0, "{r:?}");
+        fs.faults().ops() - start
+    };
+    let t = Instant::now();
+    let mut points = 0u64;
+    let mut segments: HashMap<usize, usize> = HashMap::new();
+    for n in 1..=calls {
+        let fs = Arc::new(FaultStorage::new(copy(&w.source)));
+        let faults = fs.faults();
+        let repo = w.open(fs.clone());
+        faults.crash_at(faults.ops() + n);
+        let r = repair_index(&repo);
+        if !faults.crashed() {
+            continue;
+        }
+        assert!(r.is_err(), "crash at call {n}: repair reported success");
+        points += 1;
+        drop(repo);
+        let survivors = Arc::new(fs.surviving().unwrap());
+        *segments.entry(survivors.list(ObjectKind::Index).unwrap().len()).or_default() += 1;
+        let at = format!("repair index, crash at call {n}");
+        // Every snapshot restores from a fresh index cache, before any further repair.
+        let repo = w.open(survivors.clone());
+        let listed: BTreeMap<Id, _> = repo.snapshots().unwrap().into_iter().map(|e| (e.id, e)).collect();
+        assert_eq!(listed.len(), w.snaps.len(), "{at}: a snapshot is gone");
+        for (id, src, want) in &w.snaps {
+            let (summary, got) = restore_files(&repo, &listed[id], src, &w.tmp.path().join("restored"))
+                .unwrap_or_else(|e| panic!("{at}: snapshot {id} fails: {e}"));
+            assert!(summary.errors.is_empty() && got == *want, "{at}: snapshot {id} is broken: {:?}", summary.errors);
+        }
+        let r = repair_index(&repo).unwrap_or_else(|e| panic!("{at}: the second repair failed: {e}"));
+        assert!(r.unreadable.is_empty(), "{at}: {:?}", r.unreadable);
+        let fresh = w.open(survivors.clone());
+        let report = check(&fresh, Some(Subset::All)).unwrap();
+        assert!(report.errors.is_empty() && report.unindexed_packs == 0, "{at}: {report:?}");
+        let (entries, distinct) = blob_counts(&fresh);
+        assert_eq!(entries, distinct, "{at}: a blob is indexed twice after the second repair");
+    }
+    let mut seen: Vec<_> = segments.into_iter().collect();
+    seen.sort();
+    println!(
+        "repair index: {calls} storage calls, {points} crash points in {:.1?}; \
+         index segments left by the crash (count: points): {seen:?}",
+        t.elapsed()
+    );
+    assert!(points >= 10, "only {points} crash points");
+}
