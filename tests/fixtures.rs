@@ -169,7 +169,7 @@ fn fixture_pack_missing() {
 
     // Prune, on a copy of its own: it works, and what was whole still restores.
     let p = Fixture::open("broken/pack-missing");
-    let (code, out) = p.code(&["prune"]);
+    let (code, out) = p.code(&["prune", "--keep-recent-packs", "0"]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(p.restore_compare(&s1, "s1", &none, "p1").0, Some(0));
     assert_eq!(p.restore_compare(&s3, "s3", &lost, "p3").0, Some(3));
@@ -235,7 +235,7 @@ fn fixture_pack_truncated() {
     }
 
     let p = Fixture::open("broken/pack-truncated");
-    let (code, out) = p.code(&["prune"]);
+    let (code, out) = p.code(&["prune", "--keep-recent-packs", "0"]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(p.restore_compare(&s1, "s1", &none, "p1").0, Some(0));
 
@@ -249,7 +249,7 @@ fn fixture_pack_truncated() {
     let dropped = relative(&fx.lost_paths(&rep[0]), &src);
     assert!(!dropped.is_empty() && dropped.is_subset(&b), "{done}");
     // The cut pack is no longer indexed; prune removes it.
-    fx.env.ok(&["prune"]);
+    fx.env.ok(&["prune", "--keep-recent-packs", "0"]);
     let (code, out) = fx.code(&["check", "--read-data"]);
     assert_eq!(code, Some(0), "check after the repair:\n{out}");
     for tag in ["s2", "s3"] {
@@ -273,7 +273,7 @@ fn fixture_index_segment_missing() {
 
     // Prune refuses and deletes nothing.
     let before = fx.listing();
-    let (code, out) = fx.code(&["prune"]);
+    let (code, out) = fx.code(&["prune", "--keep-recent-packs", "0"]);
     assert_ne!(code, Some(0), "{out}");
     assert!(out.contains("repair index"), "{out}");
     let after: BTreeMap<_, _> =
@@ -306,7 +306,7 @@ fn fixture_duplicate_blobs() {
     let r = fx.env.json(&["repair", "snapshots"]);
     assert_eq!((r["intact"].as_array().unwrap().len(), r["repaired"].as_array().unwrap().len()), (3, 0), "{r}");
     // Prune may drop one of the copies; every snapshot still restores whole.
-    let (code, out) = fx.code(&["prune", "--max-unused", "0"]);
+    let (code, out) = fx.code(&["prune", "--max-unused", "0", "--keep-recent-packs", "0"]);
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = fx.code(&["check", "--read-data"]);
     assert_eq!(code, Some(0), "{out}");
@@ -332,7 +332,7 @@ fn fixture_snapshot_missing_tree() {
     assert!(out.contains("hoard:") || out.contains("error"), "no clear error:\n{out}");
 
     let before = fx.listing();
-    let (code, out) = fx.code(&["prune"]);
+    let (code, out) = fx.code(&["prune", "--keep-recent-packs", "0"]);
     assert_ne!(code, Some(0), "prune went on with a tree it cannot read:\n{out}");
     let strip = |l: BTreeMap<PathBuf, Option<String>>| -> BTreeMap<PathBuf, Option<String>> {
         l.into_iter().filter(|(p, _)| !p.starts_with(fx.env.repo.join("locks"))).collect()
@@ -372,7 +372,7 @@ fn every_command(fx: &Fixture) -> Vec<Vec<String>> {
         vec!["ls", "latest"],
         vec!["stats"],
         vec!["forget", "--keep-last", "1"],
-        vec!["prune"],
+        vec!["prune", "--keep-recent-packs", "0"],
         vec!["repair", "index"],
         vec!["repair", "snapshots"],
         vec!["key", "list"],

@@ -172,7 +172,7 @@ fn repair_snapshots_read_data_leaves_out_a_file_with_a_damaged_chunk() {
     let dropped = rep[0]["dropped"].as_array().unwrap();
     assert_eq!(dropped.len(), 1, "exactly the file with the damaged chunk goes: {r}");
     let gone = dropped[0]["path"].as_str().unwrap().to_string();
-    env.ok(&["prune", "--max-unused", "0"]);
+    env.ok(&["prune", "--max-unused", "0", "--keep-recent-packs", "0"]);
     env.ok(&["check", "--read-data"]);
     env.ok(&["restore", "latest", "--target", env.path("r").to_str().unwrap()]);
     let rb = env.path("r").join(b.strip_prefix("/").unwrap());
