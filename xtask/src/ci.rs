@@ -215,14 +215,19 @@ struct Counts {
 impl Counts {
     /// Count a runner's closing line: nextest's `Summary [ 1.2s] 7 tests run: 6 passed, 1 failed,
     /// 2 skipped`, or libtest's `test result: ok. 3 passed; 0 failed; 1 ignored; ...`.
+    ///
+    /// A libtest line counts only at the start of a line: nextest indents the output it shows of
+    /// a failed test, libtest's own closing line among it, and that test is already in nextest's
+    /// summary.
     fn add_line(&mut self, line: &str) {
+        let libtest = line.strip_prefix("test result: ");
         let line = line.trim();
         let parts: Vec<&str> = if line.starts_with("Summary [") {
             match line.split_once(" run: ") {
                 Some((_, rest)) => rest.split(',').collect(),
                 None => return,
             }
-        } else if let Some(rest) = line.strip_prefix("test result: ") {
+        } else if let Some(rest) = libtest {
             match rest.split_once(". ") {
                 Some((_, rest)) => rest.split(';').collect(),
                 None => return,
@@ -259,6 +264,16 @@ mod tests {
         c.add_line("test result: ok. 3 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.51s");
         c.add_line("test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
         assert_eq!(c, Counts { passed: 11, failed: 1, skipped: 3, seen: true });
+    }
+
+    #[test]
+    fn a_failed_test_s_own_output_is_not_counted_again() {
+        let mut c = Counts::default();
+        c.add_line(
+            "    test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 87 filtered out; finished in 0.99s",
+        );
+        c.add_line("     Summary [ 249.876s] 189 tests run: 188 passed (1 slow), 1 failed, 0 skipped");
+        assert_eq!((c.passed, c.failed), (188, 1));
     }
 
     #[test]
