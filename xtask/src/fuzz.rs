@@ -5,8 +5,13 @@
 //! ```text
 //! cargo xtask fuzz --smoke [--seconds N]        every target for N s (default 20); fails if any crashes
 //! cargo xtask fuzz --target NAME [--seconds N]  one target for longer (default 300 s), output shown
+//! cargo xtask fuzz --long [--runs N] [--seconds N]  every target until N executions (default
+//!                                               10,000,000) or N s (default 3600), whichever first
 //! cargo xtask fuzz --list                       the targets
 //! ```
+//! Every run caps a single allocation at 256 MiB and the process at 1 GiB (libFuzzer's
+//! `-malloc_limit_mb`, `-rss_limit_mb`): a decoder that sizes a buffer from a length field it has
+//! not checked against its input fails the run instead of passing unnoticed.
 //! Anything after `--` goes to libFuzzer unchanged. Before running, seed inputs are written into
 //! `fuzz/corpus/<target>/` from the golden vectors in `crates/hoard-core/tests/vectors/` (valid
 //! encodings reach deep code at once); crashes land in `fuzz/artifacts/<target>/`, and each run's
@@ -25,15 +30,26 @@ use crate::cmd::{self, show};
 
 const USAGE: &str = "\
 usage: cargo xtask fuzz --smoke [--seconds N]        run every target N seconds (default 20)
+       cargo xtask fuzz --long [--runs N] [--seconds N]
+                                                     run every target to N executions (default
+                                                     10000000) or N seconds (default 3600)
        cargo xtask fuzz --target NAME [--seconds N]  run one target N seconds (default 300)
        cargo xtask fuzz --list                       list the targets
        ... -- ARGS                                   pass ARGS on to libFuzzer";
 
 /// Longest a single input may run before libFuzzer reports it as a hang.
 const UNIT_TIMEOUT_S: u64 = 30;
+/// Largest single allocation, and largest resident size, a target may reach (MiB).
+const MALLOC_LIMIT_MB: u64 = 256;
+const RSS_LIMIT_MB: u64 = 1024;
+/// What `--long` runs each target to, unless told otherwise: the issue's bar.
+const LONG_RUNS: u64 = 10_000_000;
+const LONG_SECONDS: u64 = 3600;
 
 struct Args {
     smoke: bool,
+    long: bool,
+    runs: Option<u64>,
     list: bool,
     target: Option<String>,
     seconds: Option<u64>,
@@ -41,11 +57,22 @@ struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args> {
-    let mut a = Args { smoke: false, list: false, target: None, seconds: None, extra: Vec::new() };
+    let mut a =
+        Args { smoke: false, long: false, runs: None, list: false, target: None, seconds: None, extra: Vec::new() };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--smoke" => a.smoke = true,
+            "--long" => a.long = true,
+            "--runs" => {
+                let v = it.next().context("--runs needs a number")?;
+                let n: u64 =
+                    v.replace('_', "").parse().with_context(|| format!("--runs {v:?} is not a whole number"))?;
+                if n == 0 {
+                    bail!("--runs must be at least 1");
+                }
+                a.runs = Some(n);
+            }
             "--list" => a.list = true,
             "--target" => a.target = Some(it.next().context("--target needs a target name")?.clone()),
             "--seconds" => {
@@ -64,10 +91,13 @@ fn parse(args: &[String]) -> Result<Args> {
             other => bail!("unknown argument `{other}`\n{USAGE}"),
         }
     }
-    if a.smoke && a.target.is_some() {
-        bail!("give either --smoke or --target, not both\n{USAGE}");
+    if [a.smoke, a.long, a.target.is_some()].iter().filter(|&&x| x).count() > 1 {
+        bail!("give one of --smoke, --long and --target\n{USAGE}");
     }
-    if !a.smoke && !a.list && a.target.is_none() {
+    if a.runs.is_some() && a.smoke {
+        bail!("--runs is for --long and --target runs\n{USAGE}");
+    }
+    if !a.smoke && !a.long && !a.list && a.target.is_none() {
         bail!("nothing to do\n{USAGE}");
     }
     Ok(a)
@@ -90,7 +120,14 @@ pub fn run(args: &[String]) -> Result<()> {
         Some(t) => bail!("no fuzz target `{t}`; the targets are: {}", targets.join(", ")),
         None => targets,
     };
-    let seconds = a.seconds.unwrap_or(if a.smoke { 20 } else { 300 });
+    let seconds = a.seconds.unwrap_or(if a.smoke {
+        20
+    } else if a.long {
+        LONG_SECONDS
+    } else {
+        300
+    });
+    let runs = a.runs.or(a.long.then_some(LONG_RUNS));
     seed_corpora(&dir);
 
     // One build of every chosen target first, so the timed runs do not include compiling.
@@ -104,16 +141,25 @@ pub fn run(args: &[String]) -> Result<()> {
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let mut results = Vec::new();
     for t in &chosen {
-        let r = run_target(&dir, t, seconds, &a.extra, !a.smoke, &logs.join(format!("{t}.log")))?;
+        let r = run_target(&dir, t, seconds, runs, &a.extra, !a.smoke && !a.long, &logs.join(format!("{t}.log")))?;
         results.push(r);
     }
 
-    println!("\nfuzz summary ({seconds} s per target):");
+    match runs {
+        Some(n) => println!("\nfuzz summary (each target to {n} executions or {seconds} s, whichever first):"),
+        None => println!("\nfuzz summary ({seconds} s per target):"),
+    }
+    println!(
+        "  {:<14} {:>12} {:>8} {:>9} {:>8} {:>6}  status",
+        "target", "executions", "seconds", "exec/s", "peak MB", "cov"
+    );
     for r in &results {
         let execs = r.execs.map_or("?".to_string(), |n| n.to_string());
         let rate = r.execs.map_or("?".to_string(), |n| format!("{:.0}", n as f64 / r.secs.max(0.001)));
+        let rss = r.peak_rss_mb.map_or("?".to_string(), |n| n.to_string());
+        let cov = r.coverage.map_or("?".to_string(), |n| n.to_string());
         let status = if r.ok { "ok".to_string() } else { format!("FAILED ({})", r.why) };
-        println!("  {:<14} {:>12} executions  {:>9} exec/s  {status}", r.target, execs, rate);
+        println!("  {:<14} {:>12} {:>8.0} {:>9} {:>8} {:>6}  {status}", r.target, execs, r.secs, rate, rss, cov);
     }
     let failed: Vec<&TargetRun> = results.iter().filter(|r| !r.ok).collect();
     if !failed.is_empty() {
@@ -192,6 +238,10 @@ struct TargetRun {
     ok: bool,
     why: String,
     execs: Option<u64>,
+    /// libFuzzer's `stat::peak_rss_mb`.
+    peak_rss_mb: Option<u64>,
+    /// The last `cov:` figure libFuzzer printed (code edges reached).
+    coverage: Option<u64>,
     secs: f64,
     log: PathBuf,
     tail: Vec<String>,
@@ -202,6 +252,7 @@ fn run_target(
     dir: &Path,
     target: &str,
     seconds: u64,
+    runs: Option<u64>,
     extra: &[String],
     show_output: bool,
     log: &Path,
@@ -209,7 +260,10 @@ fn run_target(
     let mut c = cargo_fuzz(dir, &["run", target, "--"]);
     c.arg(format!("-max_total_time={seconds}"))
         .arg(format!("-timeout={UNIT_TIMEOUT_S}"))
+        .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MB}"))
+        .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
         .arg("-print_final_stats=1")
+        .args(runs.map(|n| format!("-runs={n}")))
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -256,7 +310,19 @@ fn run_target(
     };
     println!("{line}{}", if ok { String::new() } else { format!(" — FAILED: {why}") });
     let tail = lines[lines.len().saturating_sub(60)..].to_vec();
-    Ok(TargetRun { target: target.to_string(), ok, why, execs, secs, log: log.to_path_buf(), tail })
+    let peak_rss_mb = stat(&lines, "stat::peak_rss_mb:");
+    let coverage = coverage(&lines);
+    Ok(TargetRun {
+        target: target.to_string(),
+        ok,
+        why,
+        execs,
+        peak_rss_mb,
+        coverage,
+        secs,
+        log: log.to_path_buf(),
+        tail,
+    })
 }
 
 /// The number of inputs libFuzzer ran: its final `stat::number_of_executed_units: N`, else the
@@ -267,6 +333,19 @@ fn executions(lines: &[String]) -> Option<u64> {
     let done = || lines.iter().rev().find_map(|l| l.strip_prefix("Done ").and_then(number));
     let status = || lines.iter().rev().find_map(|l| l.strip_prefix('#').and_then(number));
     stat.or_else(done).or_else(status)
+}
+
+/// The number after the last line that starts with `prefix` (libFuzzer's final `stat::` lines).
+fn stat(lines: &[String], prefix: &str) -> Option<u64> {
+    lines.iter().rev().find_map(|l| l.strip_prefix(prefix).and_then(|s| s.trim().parse().ok()))
+}
+
+/// The last `cov: N` libFuzzer printed in a status line.
+fn coverage(lines: &[String]) -> Option<u64> {
+    lines.iter().rev().find_map(|l| {
+        let rest = &l[l.find(" cov: ")? + 6..];
+        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,6 +430,10 @@ mod tests {
         );
         assert_eq!(executions(&lines(&["#4096\tpulse  cov: 3 ft: 4 corp: 1/1b"])), Some(4096));
         assert_eq!(executions(&lines(&["nothing"])), None);
+        let final_lines = lines(&["#9000\tDONE   cov: 812 ft: 2000 corp: 40/1Kb", "stat::peak_rss_mb: 57"]);
+        assert_eq!(stat(&final_lines, "stat::peak_rss_mb:"), Some(57));
+        assert_eq!(coverage(&final_lines), Some(812));
+        assert_eq!(coverage(&lines(&["no figures here"])), None);
     }
 
     #[test]
@@ -364,6 +447,10 @@ mod tests {
         assert!(parse(&s(&["--seconds", "x", "--smoke"])).is_err());
         assert!(parse(&s(&[])).is_err());
         assert!(parse(&s(&["--smoke", "--target", "tree"])).is_err());
+        let a = parse(&s(&["--long", "--runs", "1_000"])).unwrap();
+        assert!(a.long && a.runs == Some(1000));
+        assert!(parse(&s(&["--long", "--smoke"])).is_err());
+        assert!(parse(&s(&["--smoke", "--runs", "5"])).is_err());
     }
 
     #[test]

@@ -88,19 +88,7 @@ pub fn copy_snapshots(
         }
         let started = Instant::now();
         let s = &e.snapshot;
-        let mut labels = s.labels.clone();
-        labels.retain(|(k, _)| k != COPIED_FROM);
-        labels.push((COPIED_FROM.to_owned(), e.id.to_hex()));
-        let bopts = BackupOptions {
-            host: s.host.clone(),
-            user: s.user.clone(),
-            tags: s.tags.clone(),
-            labels,
-            time_ns: Some(s.time_ns),
-            cancel: opts.cancel.clone(),
-            lock_stale: opts.lock_stale,
-            ..BackupOptions::default()
-        };
+        let bopts = BackupOptions::recommit(s, &e.id, COPIED_FROM, opts.cancel.clone(), opts.lock_stale);
         let parent = s.parent.and_then(|p| copies.get(&p).copied());
         let result = crate::backup::locked(dst, &bopts, |session| {
             let (tree, stats) = Packer::run(dst, dst.storage().connections(), |packer| mapper.tree(packer, &s.tree))?;

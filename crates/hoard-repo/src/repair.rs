@@ -131,19 +131,7 @@ pub fn repair_snapshots(repo: &Repository, which: &[SnapshotEntry], opts: &Repai
         }
         let started = Instant::now();
         let s = &e.snapshot;
-        let mut labels = s.labels.clone();
-        labels.retain(|(k, _)| k != REPAIRED_FROM);
-        labels.push((REPAIRED_FROM.to_owned(), e.id.to_hex()));
-        let bopts = BackupOptions {
-            host: s.host.clone(),
-            user: s.user.clone(),
-            tags: s.tags.clone(),
-            labels,
-            time_ns: Some(s.time_ns),
-            cancel: opts.cancel.clone(),
-            lock_stale: opts.lock_stale,
-            ..BackupOptions::default()
-        };
+        let bopts = BackupOptions::recommit(s, &e.id, REPAIRED_FROM, opts.cancel.clone(), opts.lock_stale);
         let result = crate::backup::locked(repo, &bopts, |session| {
             let (tree, stats) = Packer::run(repo, repo.storage().connections(), |packer| {
                 let mut w = Walker {

@@ -57,6 +57,32 @@ pub struct BackupOptions {
     pub lock_stale: Option<std::time::Duration>,
 }
 
+impl BackupOptions {
+    /// Options that write `snapshot` again as a new snapshot (copy, repair): its host, user,
+    /// tags, labels and time, with the provenance label `label` set to `original`.
+    pub(crate) fn recommit(
+        snapshot: &Snapshot,
+        original: &Id,
+        label: &str,
+        cancel: Arc<AtomicBool>,
+        lock_stale: Option<std::time::Duration>,
+    ) -> BackupOptions {
+        let mut labels = snapshot.labels.clone();
+        labels.retain(|(k, _)| k != label);
+        labels.push((label.to_owned(), original.to_hex()));
+        BackupOptions {
+            host: snapshot.host.clone(),
+            user: snapshot.user.clone(),
+            tags: snapshot.tags.clone(),
+            labels,
+            time_ns: Some(snapshot.time_ns),
+            cancel,
+            lock_stale,
+            ..BackupOptions::default()
+        }
+    }
+}
+
 /// A committed backup.
 #[derive(Clone, Debug)]
 pub struct BackupResult {
