@@ -15,7 +15,9 @@
 //! Anything after `--` goes to libFuzzer unchanged. Before running, seed inputs are written into
 //! `fuzz/corpus/<target>/` from the golden vectors in `crates/hoard-core/tests/vectors/` (valid
 //! encodings reach deep code at once); crashes land in `fuzz/artifacts/<target>/`, and each run's
-//! full output in `fuzz/target/xtask-logs/<target>.log`.
+//! full output in `fuzz/target/xtask-logs/<target>.log`. Inputs that once failed are committed
+//! in `fuzz/regressions/<target>/`; every run loads them as a second corpus, so libFuzzer runs
+//! each of them first and a regression fails even the shortest smoke run.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
@@ -257,7 +259,16 @@ fn run_target(
     show_output: bool,
     log: &Path,
 ) -> Result<TargetRun> {
-    let mut c = cargo_fuzz(dir, &["run", target, "--"]);
+    let mut c = cargo_fuzz(dir, &["run", target]);
+    // Naming the corpus directories replaces cargo-fuzz's default, so name the default as well.
+    let corpus = dir.join("corpus").join(target);
+    fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    c.arg(&corpus);
+    let regressions = dir.join("regressions").join(target);
+    if regressions.is_dir() {
+        c.arg(&regressions);
+    }
+    c.arg("--");
     c.arg(format!("-max_total_time={seconds}"))
         .arg(format!("-timeout={UNIT_TIMEOUT_S}"))
         .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MB}"))

@@ -40,9 +40,25 @@ pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     })
 }
 
+/// The most a zstd frame can expand: a block holds at most 128 KiB and costs at least 4 bytes (a
+/// 3-byte header and one byte repeated, an RLE block).
+const MAX_RATIO: usize = (128 << 10) / 4;
+
 /// Decompresses into exactly `raw_len` bytes; anything else is an error, so a lying length in
-/// storage cannot make us allocate more than it claims or return short data.
+/// storage cannot make us return short data, nor allocate more than the frame could hold: the
+/// length must match the size the frame's header declares, and be within zstd's largest possible
+/// expansion of `data`, before anything is allocated.
 pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>> {
+    match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(n)) if n != raw_len as u64 => {
+            return Err(malformed("compressed blob", format!("frame holds {n} bytes, expected {raw_len}")));
+        }
+        Ok(_) => {}
+        Err(_) => return Err(malformed("compressed blob", "not a zstd frame")),
+    }
+    if raw_len / MAX_RATIO > data.len() {
+        return Err(malformed("compressed blob", format!("{} bytes cannot expand to {raw_len}", data.len())));
+    }
     let mut out = Vec::with_capacity(raw_len);
     let n = DECOMPRESSOR
         .with(|cell| {
@@ -73,5 +89,25 @@ mod tests {
         let mut noise = vec![0u8; 4096];
         crate::id::fill_random(&mut noise);
         assert!(compress(&noise, 3).is_none());
+    }
+
+    /// Found by the `object` fuzz target under a 256 MiB allocation cap: a sealed object whose
+    /// raw length said 533,362,300 bytes in front of a few bytes that are not a zstd frame, and
+    /// which was allocated before the frame was looked at.
+    #[test]
+    fn a_lying_length_is_refused_before_it_is_allocated() {
+        let not_a_frame = b"\x00\xfa0\x0bdb1.example\x04root";
+        assert!(decompress(not_a_frame, 533_362_300).is_err());
+        let text = b"abcabcabc".repeat(1000);
+        let c = compress(&text, 3).unwrap();
+        let e = decompress(&c, 1 << 30).unwrap_err().to_string();
+        assert!(e.contains("frame holds 9000 bytes"), "{e}");
+        // A frame that does not declare its size is held to zstd's largest expansion.
+        let mut z = zstd::bulk::Compressor::new(3).unwrap();
+        z.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(false)).unwrap();
+        let undeclared = z.compress(&text).unwrap();
+        assert_eq!(decompress(&undeclared, text.len()).unwrap(), text);
+        let e = decompress(&undeclared, undeclared.len() * MAX_RATIO + MAX_RATIO).unwrap_err().to_string();
+        assert!(e.contains("cannot expand"), "{e}");
     }
 }
