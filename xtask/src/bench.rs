@@ -413,21 +413,37 @@ fn cargo_tool(bin: &str, krate: &str, no_install: bool) -> Result<String> {
 // ---------------------------------------------------------------------------------------------
 // Measuring
 
-struct Measured {
-    wall: f64,
-    cpu: f64,
-    maxrss_kib: u64,
+pub(crate) struct Measured {
+    pub(crate) wall: f64,
+    pub(crate) cpu: f64,
+    pub(crate) maxrss_kib: u64,
 }
 
 /// Run `c` with its output in `log`, and measure it: wall time, and from `wait4`'s rusage the
 /// child's user+sys CPU time and peak resident set (of it and the descendants it waited for).
-fn measure(mut c: Command, log: &Path) -> Result<Measured> {
+pub(crate) fn measure(c: Command, log: &Path) -> Result<Measured> {
+    measure_fed(c, log, None)
+}
+
+/// What writes a measured child's standard input, on a thread of its own, while it runs.
+pub(crate) type Feeder = Box<dyn FnOnce(std::process::ChildStdin) -> Result<()> + Send>;
+
+/// [`measure`], with the child's standard input written by `feed` (then closed) when given. The
+/// feeder's own CPU time and memory are this process's, not the child's, so they are not counted.
+pub(crate) fn measure_fed(mut c: Command, log: &Path, feed: Option<Feeder>) -> Result<Measured> {
     let shown = cmd::show(&c);
     println!("$ {shown}");
     let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     c.stdout(out.try_clone()?).stderr(out);
+    if feed.is_some() {
+        c.stdin(Stdio::piped());
+    }
     let start = Instant::now();
-    let child = c.spawn().with_context(|| format!("could not start `{shown}`"))?;
+    let mut child = c.spawn().with_context(|| format!("could not start `{shown}`"))?;
+    let feeder = feed.map(|f| {
+        let stdin = child.stdin.take().expect("stdin was piped");
+        std::thread::spawn(move || f(stdin))
+    });
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain data that wait4 fills in; zeroed is a valid value of it.
@@ -444,18 +460,22 @@ fn measure(mut c: Command, log: &Path) -> Result<Measured> {
     let wall = start.elapsed().as_secs_f64();
     drop(child);
     ensure!(r == pid, "wait4 on `{shown}`: {}", std::io::Error::last_os_error());
+    let fed = feeder.map(|t| t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the input feeder panicked"))));
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         let tail = fs::read_to_string(log).unwrap_or_default();
         let tail: Vec<&str> = tail.lines().rev().take(15).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         bail!("`{shown}` failed (wait status {status:#x}); end of {}:\n{}", log.display(), tail.join("\n"));
     }
+    if let Some(Err(e)) = fed {
+        return Err(e.context(format!("writing the input of `{shown}`")));
+    }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok(Measured { wall, cpu: tv(ru.ru_utime) + tv(ru.ru_stime), maxrss_kib: ru.ru_maxrss.max(0) as u64 })
 }
 
 /// Disk usage of `p` as `du` counts it: allocated blocks, each inode once.
-fn du(p: &Path) -> Result<u64> {
+pub(crate) fn du(p: &Path) -> Result<u64> {
     let mut seen = std::collections::HashSet::new();
     let mut total = 0u64;
     let mut stack = vec![p.to_path_buf()];
@@ -601,24 +621,24 @@ fn dump_to(pg: &Path, args: &[&str], out: &Path) -> Result<()> {
 // The night-2 changes
 
 /// splitmix64: small, fixed, and the same everywhere.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
             self.next() % n
         }
     }
-    fn fill(&mut self, buf: &mut [u8]) {
+    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
         for c in buf.chunks_mut(8) {
             let x = self.next().to_le_bytes();
             c.copy_from_slice(&x[..c.len()]);

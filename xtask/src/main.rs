@@ -9,6 +9,7 @@ mod cmd;
 mod deps;
 mod fixtures;
 mod fuzz;
+mod scale;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,7 +31,11 @@ commands:
   fixtures [--force] [CASE]...
                            write the test repositories under tests/fixtures/ (broken on purpose,
                            and the compatibility fixture, which is never rewritten)
-  fuzz [args]              the fuzz targets (`cargo xtask fuzz --smoke --seconds 10` in CI)
+  fuzz [args]              the fuzz targets (`cargo xtask fuzz --smoke --seconds 10` in CI;
+                           `--long` for 10M executions or an hour each)
+  scale stream [--gib N] | files [--files N]  [--work DIR] [--keep]
+                           hoard on a generated N GiB stream (default 100) or a tree of N small
+                           files (default 10,000,000): time, CPU, peak RSS, repository size
   help                     this text
 ";
 
@@ -60,6 +65,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         "deps" => deps::run(rest),
         "fixtures" => fixtures::run(rest),
         "fuzz" => fuzz::run(rest),
+        "scale" => scale::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
