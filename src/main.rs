@@ -1586,7 +1586,11 @@ fn cmd_repair(ctx: &Ctx, r: RepairCmd) -> Result<i32> {
                 ctx.print_json(&json!({
                     "dry_run": dry_run,
                     "intact": rep.intact.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
-                    "already_repaired": rep.already.iter().map(|(o, c)| json!({"original": o.to_hex(), "repaired": c.to_hex()})).collect::<Vec<_>>(),
+                    "already_repaired": rep.already.iter().map(|a| json!({
+                        "original": a.original.to_hex(),
+                        "repaired": a.repaired.to_hex(),
+                        "forgotten": a.forgotten,
+                    })).collect::<Vec<_>>(),
                     "repaired": rep.repaired.iter().map(|r| json!({
                         "original": r.original.to_hex(),
                         "new": r.new.map(|i| i.to_hex()),
@@ -1611,13 +1615,21 @@ fn cmd_repair(ctx: &Ctx, r: RepairCmd) -> Result<i32> {
                         text.push_str(&format!("  {what} {}: {}\n", d.path, d.why));
                     }
                 }
-                for (o, c) in &rep.already {
-                    text.push_str(&format!(
-                        "snapshot {} was repaired before, as {}: left alone (remove it with `hoard forget {}`)\n",
-                        o.short(),
-                        c.short(),
-                        o.short()
-                    ));
+                for a in &rep.already {
+                    text.push_str(&if a.forgotten {
+                        format!(
+                            "snapshot {} was repaired before, as {}: original removed\n",
+                            a.original.short(),
+                            a.repaired.short()
+                        )
+                    } else {
+                        format!(
+                            "snapshot {} was repaired before, as {}: left alone (remove it with `hoard forget {}`)\n",
+                            a.original.short(),
+                            a.repaired.short(),
+                            a.original.short()
+                        )
+                    });
                 }
                 text.push_str(&format!(
                     "{} snapshots intact, {} {}\n",

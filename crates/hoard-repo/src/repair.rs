@@ -76,10 +76,20 @@ pub struct Repaired {
 pub struct RepairReport {
     /// Snapshots that needed no change.
     pub intact: Vec<Id>,
-    /// Snapshots left alone because a repaired copy of them exists (an earlier run without
-    /// `--forget`): repairing them again would only add another copy.
-    pub already: Vec<(Id, Id)>,
+    /// Snapshots not repaired again because a repaired copy of them exists (an earlier run
+    /// without `--forget`, or one stopped between committing the copy and removing the
+    /// original): repairing them again would only add another copy.
+    pub already: Vec<Already>,
     pub repaired: Vec<Repaired>,
+}
+
+/// A snapshot an earlier run repaired.
+#[derive(Debug)]
+pub struct Already {
+    pub original: Id,
+    pub repaired: Id,
+    /// Removed by this run (`--forget`): the earlier run was told to and did not get to it.
+    pub forgotten: bool,
 }
 
 /// Repairs `which`.
@@ -104,7 +114,11 @@ pub fn repair_snapshots(repo: &Repository, which: &[SnapshotEntry], opts: &Repai
             continue;
         }
         if let Some(copy) = repairs.get(&e.id) {
-            report.already.push((e.id, *copy));
+            let forget = opts.forget_original && !opts.dry_run;
+            if forget {
+                repo.remove_snapshot(&e.id)?;
+            }
+            report.already.push(Already { original: e.id, repaired: *copy, forgotten: forget });
             continue;
         }
         if opts.cancel.load(std::sync::atomic::Ordering::Relaxed) {
@@ -171,18 +185,6 @@ pub fn repair_snapshots(repo: &Repository, which: &[SnapshotEntry], opts: &Repai
     Ok(report)
 }
 
-/// Whether an error reading a blob means the blob is lost (missing, damaged, cut short), rather
-/// than that the storage could not be asked right now.
-fn lost(e: &RepoError) -> bool {
-    match e {
-        RepoError::Storage(s) => {
-            !matches!(s.kind(), ErrorKind::Temporary | ErrorKind::PermissionDenied | ErrorKind::NoSpace)
-        }
-        RepoError::Core { .. } | RepoError::BlobMissing(_) | RepoError::Invalid(_) => true,
-        _ => false,
-    }
-}
-
 struct Walker<'a, 'r> {
     repo: &'r Repository,
     /// The packs that exist in storage.
@@ -198,6 +200,31 @@ struct Walker<'a, 'r> {
 }
 
 impl Walker<'_, '_> {
+    /// Whether an error reading blob `id` proves the blob lost (missing, damaged, cut short),
+    /// rather than that the storage could not answer right now. A repair drops for good what it
+    /// calls lost, so anything short of proof is returned as the error instead: an I/O error,
+    /// a refused or throttled request, a crash. A read past the end of a pack is `Other` on
+    /// every backend, as are those; it counts as lost once the pack's size confirms the cut.
+    fn lost(&self, id: &Id, e: &RepoError) -> Result<bool> {
+        match e {
+            RepoError::Core { .. } | RepoError::BlobMissing(_) | RepoError::Invalid(_) => Ok(true),
+            RepoError::Storage(s) if s.kind() == ErrorKind::NotFound => Ok(true),
+            RepoError::Storage(s) if s.kind() == ErrorKind::Other => {
+                for l in self.repo.cache().locations(id)? {
+                    if !self.packs.contains(&l.pack) {
+                        continue;
+                    }
+                    let size = self.repo.storage().size(ObjectKind::Pack, &l.pack.to_hex())?;
+                    if l.entry.offset + u64::from(l.entry.length) > size {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Whether the index lists `id` in a pack that exists.
     fn present(&self, id: &Id) -> Result<bool> {
         Ok(self.repo.cache().locations(id)?.iter().any(|l| self.packs.contains(&l.pack)))
@@ -216,7 +243,7 @@ impl Walker<'_, '_> {
                     }
                     let b = match self.repo.read_blob(l) {
                         Ok(b) => b,
-                        Err(e) if lost(&e) => return Ok(Some(e.to_string())),
+                        Err(e) if self.lost(l, &e)? => return Ok(Some(e.to_string())),
                         Err(e) => return Err(e),
                     };
                     match decode_list(&b) {
@@ -232,17 +259,20 @@ impl Walker<'_, '_> {
                 return Ok(Some(format!("chunk {} is missing", c.short())));
             }
         }
-        if let Some(read) = self.read.as_deref_mut() {
+        if self.read.is_some() {
             for c in &chunks {
-                let whole = match read.get(c) {
-                    Some(w) => *w,
+                let known = self.read.as_deref().and_then(|r| r.get(c).copied());
+                let whole = match known {
+                    Some(w) => w,
                     None => {
                         let w = match self.repo.read_blob(c) {
                             Ok(_) => true,
-                            Err(e) if lost(&e) => false,
+                            Err(e) if self.lost(c, &e)? => false,
                             Err(e) => return Err(e),
                         };
-                        read.insert(*c, w);
+                        if let Some(read) = self.read.as_deref_mut() {
+                            read.insert(*c, w);
+                        }
                         w
                     }
                 };
@@ -262,7 +292,7 @@ impl Walker<'_, '_> {
         let tree = if self.present(id)? {
             match self.repo.load_tree(id) {
                 Ok(t) => Ok(t),
-                Err(e) if lost(&e) => Err(e.to_string()),
+                Err(e) if self.lost(id, &e)? => Err(e.to_string()),
                 Err(e) => return Err(e),
             }
         } else {

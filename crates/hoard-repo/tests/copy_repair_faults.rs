@@ -9,6 +9,10 @@
 //! - A repair of the index must leave every snapshot restorable from a fresh index cache, and a
 //!   second repair must finish with `check --read-data` clean.
 //!
+//! - A repair of snapshots (`--forget --read-data`, a data pack lost) must never lose a snapshot
+//!   nor keep in a repaired copy other files than a repair that never failed; a failed read must
+//!   not count as lost data; a second repair must finish the job.
+//!
 //! Run with `cargo test -p hoard-repo --test copy_repair_faults -- --nocapture` for the figures.
 
 mod support;
@@ -19,12 +23,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
+use hoard_core::format::BlobType;
 use hoard_core::Id;
 use hoard_repo::backup::fs::backup_paths;
 use hoard_repo::backup::BackupOptions;
 use hoard_repo::check::{check, Subset};
 use hoard_repo::copy::{copy_snapshots, CopyOptions, COPIED_FROM};
 use hoard_repo::inspect::repair_index;
+use hoard_repo::repair::{repair_snapshots, RepairOptions, RepairReport, REPAIRED_FROM};
 use hoard_repo::Repository;
 use hoard_storage::fault::FaultStorage;
 use hoard_storage::{ErrorKind, MemoryStorage, ObjectKind, Storage};
@@ -307,4 +313,202 @@ fn no_crash_point_of_repair_index_loses_a_snapshot() {
         t.elapsed()
     );
     assert!(points >= 10, "only {points} crash points");
+}
+
+// ---------------------------------------------------------------------------------------------
+// repair snapshots
+
+/// The source with one data pack deleted and the index repaired, so that some files of some
+/// snapshots are lost and the rest is whole; and what a repair that never fails makes of it.
+struct Damaged {
+    storage: MemoryStorage,
+    /// Storage calls of a clean `repair snapshots --forget --read-data`.
+    calls: u64,
+    /// For each source snapshot: the files its repaired copy restores, or `None` when it is intact.
+    expected: BTreeMap<Id, Option<BTreeMap<PathBuf, Vec<u8>>>>,
+}
+
+fn repair_opts(forget: bool) -> RepairOptions {
+    RepairOptions {
+        dry_run: false,
+        forget_original: forget,
+        read_data: true,
+        cancel: Arc::new(AtomicBool::new(false)),
+        lock_stale: None,
+    }
+}
+
+fn repair_all(repo: &Repository) -> hoard_repo::Result<RepairReport> {
+    let which = repo.snapshots()?;
+    repair_snapshots(repo, &which, &repair_opts(true))
+}
+
+/// The first data pack whose loss damages some snapshot yet leaves some of its files whole.
+fn damage(w: &World) -> Damaged {
+    let packs = {
+        let repo = w.open(Arc::new(copy(&w.source)));
+        let cache = repo.cache();
+        let mut data: Vec<Id> = cache
+            .packs()
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| cache.pack_entries(p).unwrap().iter().all(|e| e.blob_type == BlobType::Data))
+            .collect();
+        data.sort();
+        data
+    };
+    for pack in packs {
+        let storage = Arc::new(copy(&w.source));
+        storage.delete(ObjectKind::Pack, &pack.to_hex()).unwrap();
+        repair_index(&w.open(storage.clone())).unwrap();
+        let storage = copy(&*storage);
+        let fs = Arc::new(FaultStorage::new(copy(&storage)));
+        let repo = w.open(fs.clone());
+        let start = fs.faults().ops();
+        let report = repair_all(&repo).unwrap();
+        let calls = fs.faults().ops() - start;
+        let dropped: usize = report.repaired.iter().map(|r| r.dropped.len()).sum();
+        let total: usize = w.snaps.iter().map(|(_, _, f)| f.len()).sum();
+        if report.repaired.is_empty() || dropped * 2 > total {
+            continue;
+        }
+        let mut expected = BTreeMap::new();
+        let listed = repo.snapshots().unwrap();
+        for (id, src, want) in &w.snaps {
+            let r = report.repaired.iter().find(|r| r.original == *id);
+            let files = r.map(|r| {
+                let new = r.new.expect("not a dry run");
+                let e = listed.iter().find(|e| e.id == new).expect("the repaired snapshot is listed");
+                let (summary, got) = restore_files(&repo, e, src, &w.tmp.path().join("restored")).unwrap();
+                assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+                assert!(got.len() < want.len() && got.iter().all(|(p, b)| want.get(p) == Some(b)));
+                got
+            });
+            expected.insert(*id, files);
+        }
+        return Damaged { storage, calls, expected };
+    }
+    panic!("no data pack whose loss leaves part of a snapshot");
+}
+
+/// After a fault: no source snapshot is lost (it, or its repaired copy, is listed), every
+/// listed snapshot restores what it should, and a second repair finishes the job: each damaged
+/// snapshot replaced by exactly one repaired copy, `check --read-data` clean.
+fn verify_repair(w: &World, at: &str, storage: Arc<dyn Storage>, d: &Damaged) -> usize {
+    let repo = w.open(storage.clone());
+    let listed = repo.snapshots().unwrap();
+    let mut repaired_at_fault = 0;
+    for (id, src, want) in &w.snaps {
+        let copies: Vec<_> = listed
+            .iter()
+            .filter(|e| e.snapshot.labels.iter().any(|(k, v)| k == REPAIRED_FROM && *v == id.to_hex()))
+            .collect();
+        assert!(copies.len() <= 1, "{at}: snapshot {id} was repaired twice");
+        let original = listed.iter().find(|e| e.id == *id);
+        assert!(original.is_some() || !copies.is_empty(), "{at}: snapshot {id} is gone, and no repaired copy of it");
+        match &d.expected[id] {
+            None => {
+                let e = original.unwrap_or_else(|| panic!("{at}: intact snapshot {id} is gone"));
+                let (summary, got) = restore_files(&repo, e, src, &w.tmp.path().join("restored")).unwrap();
+                assert!(summary.errors.is_empty() && got == *want, "{at}: intact snapshot {id} restores wrong");
+            }
+            Some(kept) => {
+                for e in &copies {
+                    let (summary, got) = restore_files(&repo, e, src, &w.tmp.path().join("restored")).unwrap();
+                    assert!(summary.errors.is_empty(), "{at}: repaired copy of {id}: {:?}", summary.errors);
+                    assert!(got == *kept, "{at}: the repaired copy of {id} keeps other files than a clean repair");
+                }
+                repaired_at_fault += copies.len();
+            }
+        }
+    }
+    let report = repair_all(&repo).unwrap_or_else(|e| panic!("{at}: the second repair failed: {e}"));
+    assert!(report.repaired.iter().all(|r| r.forgotten), "{at}");
+    let fresh = w.open(storage);
+    let listed = fresh.snapshots().unwrap();
+    assert_eq!(listed.len(), w.snaps.len(), "{at}: after the second repair");
+    for (id, src, want) in &w.snaps {
+        let e = match &d.expected[id] {
+            None => listed.iter().find(|e| e.id == *id),
+            Some(_) => {
+                listed.iter().find(|e| e.snapshot.labels.iter().any(|(k, v)| k == REPAIRED_FROM && *v == id.to_hex()))
+            }
+        };
+        let e = e.unwrap_or_else(|| panic!("{at}: after the second repair, nothing stands for {id}"));
+        let (summary, got) = restore_files(&fresh, e, src, &w.tmp.path().join("restored")).unwrap();
+        assert!(summary.errors.is_empty(), "{at}: {:?}", summary.errors);
+        assert!(got == *d.expected[id].as_ref().unwrap_or(want), "{at}: {id} restores other files than a clean repair");
+    }
+    let check = check(&fresh, Some(Subset::All)).unwrap();
+    assert!(check.errors.is_empty(), "{at}: check after the second repair: {:?}", check.errors);
+    repaired_at_fault
+}
+
+#[test]
+fn no_crash_point_of_repair_snapshots_loses_a_snapshot() {
+    let w = World::new();
+    let d = damage(&w);
+    let t = Instant::now();
+    let (mut points, mut repaired) = (0u64, 0usize);
+    for n in 1..=d.calls {
+        let fs = Arc::new(FaultStorage::new(copy(&d.storage)));
+        let faults = fs.faults();
+        let repo = w.open(fs.clone());
+        faults.crash_at(faults.ops() + n);
+        let _ = repair_all(&repo);
+        if !faults.crashed() {
+            continue;
+        }
+        points += 1;
+        drop(repo);
+        let survivors = fs.surviving().unwrap();
+        for o in survivors.list(ObjectKind::Lock).unwrap() {
+            survivors.delete(ObjectKind::Lock, &o.name).unwrap();
+        }
+        repaired += verify_repair(&w, &format!("repair snapshots, crash at call {n}"), Arc::new(survivors), &d);
+    }
+    let damaged = d.expected.values().filter(|e| e.is_some()).count();
+    println!(
+        "repair snapshots: {} storage calls, {points} crash points in {:.1?}; {damaged} of {} snapshots damaged; \
+         repaired copies already committed at the crash: {repaired}",
+        d.calls,
+        t.elapsed(),
+        w.snaps.len()
+    );
+    assert!(points >= 20, "only {points} crash points");
+}
+
+#[test]
+fn one_failed_call_never_makes_repair_snapshots_drop_more() {
+    let w = World::new();
+    let d = damage(&w);
+    let t = Instant::now();
+    let (mut points, mut failed) = (0u64, 0u64);
+    for n in 1..=d.calls {
+        for kind in [ErrorKind::Other, ErrorKind::Temporary] {
+            let fs = Arc::new(FaultStorage::new(copy(&d.storage)));
+            let faults = fs.faults();
+            let repo = w.open(fs.clone());
+            let start = faults.ops();
+            faults.fail_nth(None, start + n, kind);
+            let r = repair_all(&repo);
+            let reached = faults.ops() - start >= n;
+            faults.clear();
+            if !reached {
+                continue;
+            }
+            points += 1;
+            failed += u64::from(r.is_err());
+            verify_repair(&w, &format!("repair snapshots, call {n} failed ({kind:?})"), fs, &d);
+        }
+    }
+    println!(
+        "repair snapshots, one failed call: {} calls, {points} points (Other and Temporary) in {:.1?}; \
+         the repair reported the failure {failed} times",
+        d.calls,
+        t.elapsed()
+    );
+    assert!(points >= 40, "only {points} points");
+    assert!(failed > 0, "no failure surfaced: the wrapper is not in the path");
 }
