@@ -567,6 +567,36 @@ impl Repository {
         Ok(true)
     }
 
+    /// [`Repository::content_live`] of many contents at once. The lookups of inline chunk lists
+    /// share one read transaction: a directory of unchanged files costs one lock of the index
+    /// and a warm page cache, not a transaction per chunk (a third of night 2's time before).
+    pub fn contents_live(&self, contents: &[&Content]) -> Result<Vec<bool>> {
+        let mut out = vec![false; contents.len()];
+        let mut lists = Vec::new();
+        {
+            let cache = self.cache();
+            cache.begin_read()?;
+            let r = (|| -> Result<()> {
+                for (i, c) in contents.iter().enumerate() {
+                    match c {
+                        Content::None => out[i] = true,
+                        Content::Chunks(ids) => out[i] = all_live(&cache, ids)?,
+                        Content::Lists(_) => lists.push(i),
+                    }
+                }
+                Ok(())
+            })();
+            let ended = cache.end_read();
+            r?;
+            ended?;
+        }
+        // List blobs are read through the cache, which the transaction above held.
+        for i in lists {
+            out[i] = self.content_live(contents[i])?;
+        }
+        Ok(out)
+    }
+
     /// Treats the packs of these condemnation markers as absent for deduplication.
     pub fn set_condemned(&self, packs: &HashSet<Id>) -> Result<()> {
         Ok(self.cache().set_condemned(packs)?)

@@ -77,6 +77,10 @@ enum Pending {
     Sub(Node, usize),
 }
 
+/// A directory entry to back up: its name, what of it was selected (`None`: all of it), and its
+/// metadata when the listing already read it.
+type Listed<'a> = (Vec<u8>, Option<&'a Selection>, Option<fs::Metadata>);
+
 /// A directory whose entries are known but whose files may still be being read.
 struct OpenDir {
     path: PathBuf,
@@ -202,20 +206,16 @@ impl Walker<'_, '_> {
 
     /// Archives the entries `names` of directory `dir`; returns the slot where the directory's
     /// tree id will be once [`Walker::drain`] has finished it.
-    fn dir(
-        &self,
-        dir: &Path,
-        names: Vec<(Vec<u8>, Option<&Selection>)>,
-        parent: Option<&Tree>,
-        root_dev: Option<u64>,
-    ) -> Result<usize> {
+    fn dir(&self, dir: &Path, names: Vec<Listed<'_>>, parent: Option<&Tree>, root_dev: Option<u64>) -> Result<usize> {
         let mut pending = Vec::with_capacity(names.len());
-        for (name, sel) in names {
+        // Files that look unchanged: their slot in `pending`, path and metadata.
+        let mut unchanged: Vec<(usize, PathBuf, fs::Metadata)> = Vec::new();
+        for (name, sel, listed) in names {
             if self.opts.cancel.load(Relaxed) {
                 return Err(RepoError::Interrupted);
             }
             let path = dir.join(std::ffi::OsStr::from_bytes(&name));
-            let meta = match fs::symlink_metadata(&path) {
+            let meta = match listed.map_or_else(|| fs::symlink_metadata(&path), Ok) {
                 Ok(m) => m,
                 Err(e) => {
                     self.error(format!("{}: {e}", path.display()));
@@ -223,21 +223,42 @@ impl Walker<'_, '_> {
                 }
             };
             let mut node = node_from_metadata(&name, &meta, &self.names);
-            match read_xattrs(&path) {
+            let pnode = find(parent, &name);
+            let xattrs = |node: &mut Node| match read_xattrs(&path) {
                 Ok(x) => node.xattrs = x,
                 Err(e) => self.warn(format!("{}: extended attributes not read: {e}", path.display())),
-            }
+            };
             if self.portable.is_some() {
+                xattrs(&mut node);
                 super::volume::portable(&mut node);
             }
-            let pnode = find(parent, &name);
+            // Unchanged by its metadata: the same size, times and inode as in the parent.
+            let same = node.kind() == NodeKind::File
+                && !self.opts.force
+                && pnode.is_some_and(|p| {
+                    p.kind() == NodeKind::File
+                        && p.size == node.size
+                        && p.mtime_ns == node.mtime_ns
+                        && p.ctime_ns == node.ctime_ns
+                        && p.inode == node.inode
+                        && (p.size == 0 || p.content != Content::None)
+                })
+                && self.portable.is_none_or(|racy| node.mtime_ns < racy);
+            if self.portable.is_none() {
+                // A change of extended attributes moves ctime, so an unchanged file's are the
+                // parent's: one listxattr call less per file (an eighth of night 2's time).
+                match pnode {
+                    Some(p) if same => node.xattrs = p.xattrs.clone(),
+                    _ => xattrs(&mut node),
+                }
+            }
             match node.kind() {
                 NodeKind::Dir => {
                     let root_dev = root_dev.or(Some(meta.dev()));
                     let psub = self.parent_subtree(pnode);
                     let slot = match sel {
                         Some(s) if !s.whole => {
-                            let children = s.children.iter().map(|(n, s)| (n.clone(), Some(s))).collect();
+                            let children = s.children.iter().map(|(n, s)| (n.clone(), Some(s), None)).collect();
                             self.dir(&path, children, psub.as_ref(), None)?
                         }
                         _ => {
@@ -261,39 +282,15 @@ impl Walker<'_, '_> {
                 }
                 NodeKind::File => {
                     self.opts.progress.bytes_seen.fetch_add(node.size, Relaxed);
-                    let unchanged = !self.opts.force
-                        && pnode.is_some_and(|p| {
-                            p.kind() == NodeKind::File
-                                && p.size == node.size
-                                && p.mtime_ns == node.mtime_ns
-                                && p.ctime_ns == node.ctime_ns
-                                && p.inode == node.inode
-                                && (p.size == 0 || p.content != Content::None)
-                        })
-                        && self.portable.is_none_or(|racy| node.mtime_ns < racy);
-                    // The parent's chunks must still be there, and not condemned by a prune.
-                    let unchanged = unchanged && self.packer.repo().content_live(&pnode.unwrap().content)?;
-                    if unchanged {
+                    if same {
+                        // Whether the parent's chunks are all still there (and not condemned by
+                        // a prune) is asked for the whole directory at once, below.
                         node.content = pnode.unwrap().content.clone();
-                        let mut s = self.summary.lock().unwrap();
-                        s.files_unmodified += 1;
-                        s.bytes_total += node.size;
-                        self.opts.progress.files.fetch_add(1, Relaxed);
+                        unchanged.push((pending.len(), path, meta));
                         pending.push(Pending::Ready(node));
                     } else {
-                        {
-                            let mut s = self.summary.lock().unwrap();
-                            if pnode.is_some() {
-                                s.files_changed += 1;
-                            } else {
-                                s.files_new += 1;
-                            }
-                        }
-                        let (tx, rx) = bounded(1);
-                        self.jobs
-                            .send(Job { path, before: meta, reply: tx })
-                            .map_err(|_| RepoError::Invalid("reader threads stopped".into()))?;
-                        pending.push(Pending::Reading(node, rx));
+                        let new = pnode.is_none();
+                        pending.push(self.read_file(node, path, meta, new)?);
                     }
                 }
                 NodeKind::Symlink => {
@@ -313,6 +310,34 @@ impl Walker<'_, '_> {
                 }
             }
         }
+        if !unchanged.is_empty() {
+            let live = {
+                let contents: Vec<&Content> = unchanged
+                    .iter()
+                    .map(|(i, ..)| match &pending[*i] {
+                        Pending::Ready(n) => &n.content,
+                        _ => unreachable!("an unchanged file's slot holds its node"),
+                    })
+                    .collect();
+                self.packer.repo().contents_live(&contents)?
+            };
+            for ((i, path, meta), live) in unchanged.into_iter().zip(live) {
+                if live {
+                    let Pending::Ready(n) = &pending[i] else { unreachable!("checked above") };
+                    let mut s = self.summary.lock().unwrap();
+                    s.files_unmodified += 1;
+                    s.bytes_total += n.size;
+                    self.opts.progress.files.fetch_add(1, Relaxed);
+                } else {
+                    let Pending::Ready(mut n) = std::mem::replace(&mut pending[i], Pending::Ready(Node::default()))
+                    else {
+                        unreachable!("checked above")
+                    };
+                    n.content = Content::None;
+                    pending[i] = self.read_file(n, path, meta, false)?;
+                }
+            }
+        }
         let reading = pending.iter().filter(|p| matches!(p, Pending::Reading(..))).count();
         let slot = {
             let mut p = self.pipeline.borrow_mut();
@@ -323,6 +348,23 @@ impl Walker<'_, '_> {
         };
         self.drain(false)?;
         Ok(slot)
+    }
+
+    /// Hands a file to the reader threads; `new` when the parent snapshot did not have it.
+    fn read_file(&self, node: Node, path: PathBuf, meta: fs::Metadata, new: bool) -> Result<Pending> {
+        {
+            let mut s = self.summary.lock().unwrap();
+            if new {
+                s.files_new += 1;
+            } else {
+                s.files_changed += 1;
+            }
+        }
+        let (tx, rx) = bounded(1);
+        self.jobs
+            .send(Job { path, before: meta, reply: tx })
+            .map_err(|_| RepoError::Invalid("reader threads stopped".into()))?;
+        Ok(Pending::Reading(node, rx))
     }
 
     /// A slot holding the empty tree.
@@ -394,13 +436,23 @@ impl Walker<'_, '_> {
     }
 
     /// A directory's entries, sorted, minus exclusions.
-    fn list(&self, dir: &Path) -> std::io::Result<Vec<(Vec<u8>, Option<&'static Selection>)>> {
-        let mut names: Vec<OsString> = Vec::new();
+    /// The entries of `dir`, sorted by name, with their metadata read through the directory's
+    /// handle (`statx` on the open directory and a name: no path walk from the root for every
+    /// file, which was a seventh of night 2's time on a tree of small files).
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<Listed<'static>>> {
+        let mut entries: Vec<(OsString, Option<fs::Metadata>)> = Vec::new();
         for e in fs::read_dir(dir)? {
-            names.push(e?.file_name());
+            let e = e?;
+            // An entry that cannot be looked at this way is looked at again by path, which
+            // reports the error against the file.
+            entries.push((e.file_name(), e.metadata().ok()));
         }
-        names.sort();
-        Ok(names.into_iter().filter(|n| !self.excluded(&dir.join(n))).map(|n| (n.into_vec(), None)).collect())
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(entries
+            .into_iter()
+            .filter(|(n, _)| !self.excluded(&dir.join(n)))
+            .map(|(n, m)| (n.into_vec(), None, m))
+            .collect())
     }
 }
 
@@ -475,7 +527,7 @@ pub fn backup_paths(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) 
                         .map_err(|e| RepoError::io("/", e))
                         .and_then(|children| walker.dir(Path::new("/"), children, parent_tree.as_ref(), None))
                 } else {
-                    let children = root.children.iter().map(|(n, s)| (n.clone(), Some(s))).collect();
+                    let children = root.children.iter().map(|(n, s)| (n.clone(), Some(s), None)).collect();
                     walker.dir(Path::new("/"), children, parent_tree.as_ref(), None)
                 }
             })
