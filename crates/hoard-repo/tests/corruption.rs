@@ -359,3 +359,76 @@ fn a_failed_read_anywhere_in_a_restore_never_leaves_a_wrong_file() {
     assert!(reached > calls / 2, "only {reached} of {calls} failures were reached");
     assert_eq!(refused + reported, reached, "some failed reads went unreported");
 }
+
+/// `check --read-data` with one storage call failing, at each of its calls: it must never pass
+/// a repository it could not read in full, nor keep quiet about the failure. A call that reads
+/// what is checked must end in an error (returned, or in the report); one that only feeds an
+/// estimate (what a prune would reclaim) may end in a warning that names it. It must change
+/// nothing in storage.
+#[test]
+fn a_failed_call_anywhere_in_a_check_is_never_a_clean_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, _) = main_repo(tmp.path());
+    let fs = Arc::new(FaultStorage::new(base));
+    let faults = fs.faults();
+    let objects = |s: &dyn Storage| -> Vec<(ObjectKind, String, u64)> {
+        let mut v: Vec<_> = ObjectKind::ALL
+            .iter()
+            .flat_map(|&k| s.list(k).unwrap().into_iter().map(move |o| (k, o.name, o.size)))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = objects(fs.inner());
+    let mut caches = 0;
+    let mut fresh = || {
+        caches += 1;
+        Repository::open(fs.clone(), PASSWORD, &tmp.path().join(format!("cache-{caches}"))).unwrap()
+    };
+    let repo = fresh();
+    let start = faults.ops();
+    let clean = check(&repo, Some(Subset::All)).unwrap();
+    let calls = faults.ops() - start;
+    assert!(clean.errors.is_empty() && clean.packs_read > 0, "{clean:?}");
+    let t = Instant::now();
+    let (mut reached, mut refused, mut reported, mut warned) = (0u64, 0u64, 0u64, 0u64);
+    for n in 1..=calls {
+        for kind in [hoard_storage::ErrorKind::Other, hoard_storage::ErrorKind::Temporary] {
+            // A fresh cache each time: a check from a cache that has already read the index
+            // makes fewer calls, and the point is to fail each call of a first check.
+            let repo = fresh();
+            faults.clear();
+            let at = faults.ops();
+            faults.fail_nth(None, at + n, kind);
+            let r = check(&repo, Some(Subset::All));
+            if faults.ops() - at < n {
+                continue;
+            }
+            reached += 1;
+            match r {
+                Err(_) => refused += 1,
+                Ok(report) if !report.errors.is_empty() => reported += 1,
+                Ok(report) => {
+                    assert!(
+                        report
+                            .warnings
+                            .iter()
+                            .any(|w| w.contains("injected failure") && w.contains("prune would reclaim")),
+                        "failed call {n} ({kind:?}): check passed and said nothing of it: {report:?}"
+                    );
+                    warned += 1;
+                }
+            }
+        }
+    }
+    faults.clear();
+    assert!(objects(fs.inner()) == before, "check changed the storage");
+    println!(
+        "check --read-data: {calls} storage calls; one failed call (Other, Temporary) at {reached} points in {:.1?}: \
+         refused {refused}, reported an error {reported}, passed with a warning about the prune estimate {warned}, \
+         passed silently 0",
+        t.elapsed()
+    );
+    assert!(reached >= calls, "only {reached} points reached of {calls} calls, two kinds each");
+    assert!(refused + reported > 0, "no failure surfaced as an error: the wrapper is not in the path");
+}
