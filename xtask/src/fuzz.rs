@@ -9,6 +9,11 @@
 //!                                               10,000,000) or N s (default 3600), whichever first
 //! cargo xtask fuzz --list                       the targets
 //! ```
+//! `--sanitizer NAME` picks cargo-fuzz's sanitizer (default `address`). Long runs use `none`:
+//! hoard is safe Rust, and without AddressSanitizer's instrumentation a target runs several
+//! times faster, so an hour reaches many more inputs; the allocation cap then rests on the
+//! resident-size limit alone, and the smoke run in CI keeps AddressSanitizer on.
+//!
 //! Every run caps a single allocation at 256 MiB and the process at 1 GiB (libFuzzer's
 //! `-malloc_limit_mb`, `-rss_limit_mb`): a decoder that sizes a buffer from a length field it has
 //! not checked against its input fails the run instead of passing unnoticed.
@@ -37,6 +42,7 @@ usage: cargo xtask fuzz --smoke [--seconds N]        run every target N seconds 
                                                      10000000) or N seconds (default 3600)
        cargo xtask fuzz --target NAME [--seconds N]  run one target N seconds (default 300)
        cargo xtask fuzz --list                       list the targets
+       ... --sanitizer NAME                          address (default), none, memory, thread, leak
        ... -- ARGS                                   pass ARGS on to libFuzzer";
 
 /// Longest a single input may run before libFuzzer reports it as a hang.
@@ -52,6 +58,7 @@ struct Args {
     smoke: bool,
     long: bool,
     runs: Option<u64>,
+    sanitizer: String,
     list: bool,
     target: Option<String>,
     seconds: Option<u64>,
@@ -59,13 +66,28 @@ struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args> {
-    let mut a =
-        Args { smoke: false, long: false, runs: None, list: false, target: None, seconds: None, extra: Vec::new() };
+    let mut a = Args {
+        smoke: false,
+        long: false,
+        runs: None,
+        sanitizer: "address".into(),
+        list: false,
+        target: None,
+        seconds: None,
+        extra: Vec::new(),
+    };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--smoke" => a.smoke = true,
             "--long" => a.long = true,
+            "--sanitizer" => {
+                let v = it.next().context("--sanitizer needs a name")?;
+                if !["address", "none", "memory", "thread", "leak"].contains(&v.as_str()) {
+                    bail!("--sanitizer {v:?}: use address, none, memory, thread or leak");
+                }
+                a.sanitizer = v.clone();
+            }
             "--runs" => {
                 let v = it.next().context("--runs needs a number")?;
                 let n: u64 =
@@ -133,7 +155,7 @@ pub fn run(args: &[String]) -> Result<()> {
     seed_corpora(&dir);
 
     // One build of every chosen target first, so the timed runs do not include compiling.
-    let mut build = cargo_fuzz(&dir, &["build"]);
+    let mut build = cargo_fuzz(&dir, &["build", "--sanitizer", &a.sanitizer]);
     if chosen.len() == 1 {
         build.arg(&chosen[0]);
     }
@@ -143,13 +165,25 @@ pub fn run(args: &[String]) -> Result<()> {
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let mut results = Vec::new();
     for t in &chosen {
-        let r = run_target(&dir, t, seconds, runs, &a.extra, !a.smoke && !a.long, &logs.join(format!("{t}.log")))?;
+        let r = run_target(
+            &dir,
+            t,
+            &a.sanitizer,
+            seconds,
+            runs,
+            &a.extra,
+            !a.smoke && !a.long,
+            &logs.join(format!("{t}.log")),
+        )?;
         results.push(r);
     }
 
     match runs {
-        Some(n) => println!("\nfuzz summary (each target to {n} executions or {seconds} s, whichever first):"),
-        None => println!("\nfuzz summary ({seconds} s per target):"),
+        Some(n) => println!(
+            "\nfuzz summary (each target to {n} executions or {seconds} s, whichever first; sanitizer {}):",
+            a.sanitizer
+        ),
+        None => println!("\nfuzz summary ({seconds} s per target; sanitizer {}):", a.sanitizer),
     }
     println!(
         "  {:<14} {:>12} {:>8} {:>9} {:>8} {:>6}  status",
@@ -253,13 +287,14 @@ struct TargetRun {
 fn run_target(
     dir: &Path,
     target: &str,
+    sanitizer: &str,
     seconds: u64,
     runs: Option<u64>,
     extra: &[String],
     show_output: bool,
     log: &Path,
 ) -> Result<TargetRun> {
-    let mut c = cargo_fuzz(dir, &["run", target]);
+    let mut c = cargo_fuzz(dir, &["run", "--sanitizer", sanitizer, target]);
     // Naming the corpus directories replaces cargo-fuzz's default, so name the default as well.
     let corpus = dir.join("corpus").join(target);
     fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
@@ -459,7 +494,9 @@ mod tests {
         assert!(parse(&s(&[])).is_err());
         assert!(parse(&s(&["--smoke", "--target", "tree"])).is_err());
         let a = parse(&s(&["--long", "--runs", "1_000"])).unwrap();
-        assert!(a.long && a.runs == Some(1000));
+        assert!(a.long && a.runs == Some(1000) && a.sanitizer == "address");
+        assert_eq!(parse(&s(&["--long", "--sanitizer", "none"])).unwrap().sanitizer, "none");
+        assert!(parse(&s(&["--long", "--sanitizer", "asan"])).is_err());
         assert!(parse(&s(&["--long", "--smoke"])).is_err());
         assert!(parse(&s(&["--smoke", "--runs", "5"])).is_err());
     }
