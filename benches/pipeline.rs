@@ -4,10 +4,11 @@
 //! | group              | what one iteration does                                              |
 //! | ------------------ | -------------------------------------------------------------------- |
 //! | `chunking`         | `Chunker::lengths` over the whole input (FILES and DUMPS parameters)  |
-//! | `hashing`          | `Keys::blob_id` of every 1 MiB piece                                  |
+//! | `hashing`          | `Keys::blob_id` of every 1 MiB piece, and of every DUMPS chunk        |
 //! | `compression`      | `compress::compress` at level 3 of every 1 MiB piece                  |
 //! | `encryption`       | `Cipher::seal` of every 1 MiB piece (copied into a reused buffer)     |
-//! | `pack_writing`     | `PackBuilder::add` (level 3) of every 1 MiB piece, then `finish`      |
+//! | `pack_writing`     | `PackBuilder::add` (level 3) of every 1 MiB piece, or of every DUMPS  |
+//! |                    | chunk (packs of 16 MiB, as the repository's default), then `finish`   |
 //! | `index_lookup`     | one `IndexCache::lookup` in a cache of 100,000 blobs (present/absent) |
 //! | `pipeline_backup`  | `backup_stream` into a fresh repository on `MemoryStorage`            |
 //! | `pipeline_restore` | `restore::dump_file` of that stream into `io::sink()`                 |
@@ -16,6 +17,10 @@
 //! made in-process: `incompressible` (BLAKE3 XOF of a seed) and `compressible` (log lines with
 //! pseudo-random fields, about 4x by zstd -3). The pipeline runs on the global rayon pool, so it
 //! uses every core; the other stages are single-threaded.
+//!
+//! The `-chunks` variants cut the input where the DUMPS chunker cuts it, as `backup_stream` does:
+//! `cargo xtask ceiling` adds up chunking, hashing, pack writing and an index lookup per chunk
+//! into what two cores could do at best, and sets `pipeline_backup` against it.
 //!
 //! Run: `cargo bench --bench pipeline` (about two minutes on 2 cores); one group:
 //! `cargo bench --bench pipeline -- chunking`. `cargo test --benches` runs each bench once, on
@@ -53,6 +58,8 @@ const PIECE: usize = 1 << 20;
 /// Blobs in the index cache of `index_lookup`.
 const INDEX_BLOBS: usize = 100_000;
 const STREAM_NAME: &str = "bench";
+/// Pack size of the `-chunks` pack writing bench: the repository's default.
+const PACK_SIZE: usize = 16 << 20;
 
 /// Whether this is a measuring run (`cargo bench` passes `--bench`).
 fn measuring() -> bool {
@@ -144,10 +151,33 @@ fn chunking(c: &mut Criterion) {
     g.finish();
 }
 
+/// The pieces of `data` where the DUMPS chunker (under the benches' key) cuts it.
+fn dump_chunks(data: &[u8]) -> Vec<&[u8]> {
+    let keys = MasterKey::from_bytes([7; 64]).keys();
+    let mut rest = data;
+    Chunker::new(ChunkerParams::DUMPS, &keys)
+        .lengths(data)
+        .into_iter()
+        .map(|n| {
+            let (piece, tail) = rest.split_at(n);
+            rest = tail;
+            piece
+        })
+        .collect()
+}
+
 fn hashing(c: &mut Criterion) {
     let keys = MasterKey::from_bytes([7; 64]).keys();
     let mut g = stage_group(c, "hashing");
     for (name, data) in inputs() {
+        let pieces = dump_chunks(data);
+        g.bench_with_input(BenchmarkId::new("blob_id-chunks", name), &pieces, |b, pieces| {
+            b.iter(|| {
+                for p in pieces {
+                    black_box(keys.blob_id(p));
+                }
+            })
+        });
         g.bench_with_input(BenchmarkId::new("blob_id-1MiB", name), data, |b, d| {
             b.iter(|| {
                 for p in d.chunks(PIECE) {
@@ -198,6 +228,22 @@ fn pack_writing(c: &mut Criterion) {
     let keys = MasterKey::from_bytes([7; 64]).keys();
     let mut g = stage_group(c, "pack_writing");
     for (name, data) in inputs() {
+        let pieces = dump_chunks(data);
+        let ids: Vec<Id> = pieces.iter().map(|p| keys.blob_id(p)).collect();
+        g.bench_with_input(BenchmarkId::new("add-zstd3+finish-chunks", name), &pieces, |b, pieces| {
+            b.iter(|| {
+                let mut pack = PackBuilder::new(&keys);
+                let mut packs = Vec::new();
+                for (p, id) in pieces.iter().zip(&ids) {
+                    pack.add(BlobType::Data, *id, p, 3);
+                    if pack.is_full(PACK_SIZE) {
+                        packs.push(std::mem::replace(&mut pack, PackBuilder::new(&keys)).finish());
+                    }
+                }
+                packs.push(pack.finish());
+                packs
+            })
+        });
         // Ids are computed outside the measurement: hashing has its own group.
         let ids: Vec<Id> = data.chunks(PIECE).map(|p| keys.blob_id(p)).collect();
         g.bench_with_input(BenchmarkId::new("add-zstd3+finish-1MiB", name), data, |b, d| {

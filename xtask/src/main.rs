@@ -4,6 +4,7 @@
 //! Every subcommand runs from the workspace root, whatever directory it was started from.
 
 mod bench;
+mod ceiling;
 mod ci;
 mod cmd;
 mod deps;
@@ -23,6 +24,8 @@ commands:
   bench [--work DIR] [--tree PATH] [--pgbench-scale N] [--tools LIST] [--no-install]
                            hoard against restic, borg and rustic on a two-night workload (a real
                            tree and pgbench dumps): time, CPU, peak RSS, repository size
+  ceiling [--no-run]       the stream pipeline against the ceiling its per-stage criterion
+                           benches imply for this machine's cores
   ci [--skip STEP]...      run the whole test suite, as CI does (steps: deps, fmt, layering,
                            clippy, test, doc, fuzz; HOARD_CI_FUZZ=0 leaves out fuzz)
   deps [--check] [--list] [GROUP]...
@@ -61,6 +64,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     };
     match command.as_str() {
         "bench" => bench::run(rest),
+        "ceiling" => ceiling::run(rest),
         "ci" => ci::run(rest),
         "deps" => deps::run(rest),
         "fixtures" => fixtures::run(rest),
