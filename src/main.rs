@@ -771,6 +771,7 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         cancel: ctx.cancel.clone(),
         progress: progress.clone(),
         lock_stale: lock_stale()?,
+        ..BackupOptions::default()
     };
     let bar = Bar::start(ctx.progress, progress);
     let result = if a.stdin || a.from_command.is_some() {

@@ -138,6 +138,11 @@ struct Walker<'a, 'r> {
     /// read every file modified at or after this time (Unix ns), since portable nodes keep
     /// neither ctime nor inode to tell a change within the same second.
     portable: Option<i64>,
+    /// Files in the parent snapshot: whether to hold the live blob ids in memory.
+    parent_files: u64,
+    /// The live blob ids, read at the first unchanged file when `parent_files` asks for it
+    /// (after the backup's lock and the prune markers it honours).
+    live: std::cell::RefCell<Option<Option<crate::repo::LiveIds>>>,
 }
 
 fn build_globs(patterns: &[String]) -> Result<(GlobSet, GlobSet)> {
@@ -319,7 +324,13 @@ impl Walker<'_, '_> {
                         _ => unreachable!("an unchanged file's slot holds its node"),
                     })
                     .collect();
-                self.packer.repo().contents_live(&contents)?
+                if self.live.borrow().is_none() {
+                    let min = self.opts.live_ids_from.unwrap_or(crate::repo::LIVE_IDS_MIN_FILES);
+                    let live = self.packer.repo().live_ids_for(self.parent_files, min)?;
+                    *self.live.borrow_mut() = Some(live);
+                }
+                let live = self.live.borrow();
+                self.packer.repo().contents_live(&contents, live.as_ref().and_then(Option::as_ref))?
             };
             for ((i, path, meta), live) in unchanged.into_iter().zip(live) {
                 if live {
@@ -511,16 +522,17 @@ pub fn backup_paths(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) 
     let (excludes, basename_excludes) = build_globs(&opts.excludes)?;
     let parent =
         super::parent(repo, opts, &|s| s.source_kind == SOURCE_KIND && s.host == opts.host && s.paths == shown)?;
-    let parent_tree = match parent {
+    let (parent_tree, parent_files) = match parent {
         Some(p) => {
             let snap = repo.find_snapshot(&p.to_hex(), &|_| true)?;
-            Some(repo.load_tree(&snap.snapshot.tree)?)
+            let s = &snap.snapshot.summary;
+            (Some(repo.load_tree(&snap.snapshot.tree)?), s.files_new + s.files_changed + s.files_unmodified)
         }
-        None => None,
+        None => (None, 0),
     };
     super::locked(repo, opts, |session| {
         let ((tree, summary, warnings), stats) = Packer::run(repo, repo.storage().connections(), |packer| {
-            walk(packer, opts, excludes, basename_excludes, None, |walker| {
+            walk(packer, opts, excludes, basename_excludes, None, parent_files, |walker| {
                 if root.whole {
                     walker
                         .list(Path::new("/"))
@@ -556,6 +568,7 @@ fn walk(
     excludes: GlobSet,
     basename_excludes: GlobSet,
     portable: Option<i64>,
+    parent_files: u64,
     start: impl FnOnce(&Walker) -> Result<usize>,
 ) -> Result<(Id, Summary, Vec<String>)> {
     let repo = packer.repo();
@@ -585,6 +598,8 @@ fn walk(
             warnings: Mutex::new(Vec::new()),
             pipeline: Default::default(),
             portable,
+            parent_files,
+            live: Default::default(),
         };
         let r = start(&walker).and_then(|slot| {
             walker.drain(true)?;
@@ -614,7 +629,7 @@ pub(crate) fn tree_of_dir(
     let (excludes, basename_excludes) = build_globs(&opts.excludes)?;
     // Files modified in the second before the walk started, or later, are always read.
     let racy = (started_ns.div_euclid(1_000_000_000) - 1) * 1_000_000_000;
-    let (tree, summary, warnings) = walk(packer, opts, excludes, basename_excludes, Some(racy), |walker| {
+    let (tree, summary, warnings) = walk(packer, opts, excludes, basename_excludes, Some(racy), 0, |walker| {
         let children = walker.list(dir).map_err(|e| RepoError::io(dir.display().to_string(), e))?;
         walker.dir(dir, children, parent, Some(meta.dev()).filter(|_| opts.one_file_system))
     })?;

@@ -55,6 +55,9 @@ pub struct BackupOptions {
     /// After how long without a refresh another host may call this backup's lock stale
     /// (default [`crate::lock::DEFAULT_STALE`]).
     pub lock_stale: Option<std::time::Duration>,
+    /// Hold the live blob ids in memory when the parent snapshot has at least this many files
+    /// (default [`crate::repo::LIVE_IDS_MIN_FILES`]; see [`crate::repo::LiveIds`]).
+    pub live_ids_from: Option<u64>,
 }
 
 impl BackupOptions {
