@@ -165,16 +165,7 @@ pub fn run(args: &[String]) -> Result<()> {
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let mut results = Vec::new();
     for t in &chosen {
-        let r = run_target(
-            &dir,
-            t,
-            &a.sanitizer,
-            seconds,
-            runs,
-            &a.extra,
-            !a.smoke && !a.long,
-            &logs.join(format!("{t}.log")),
-        )?;
+        let r = run_target(&dir, t, &a, seconds, runs, &logs.join(format!("{t}.log")))?;
         results.push(r);
     }
 
@@ -283,18 +274,12 @@ struct TargetRun {
     tail: Vec<String>,
 }
 
-/// Runs one target for `seconds`; `show_output` streams libFuzzer's output as it comes.
-fn run_target(
-    dir: &Path,
-    target: &str,
-    sanitizer: &str,
-    seconds: u64,
-    runs: Option<u64>,
-    extra: &[String],
-    show_output: bool,
-    log: &Path,
-) -> Result<TargetRun> {
-    let mut c = cargo_fuzz(dir, &["run", "--sanitizer", sanitizer, target]);
+/// Runs one target for `seconds` (and at most `runs` inputs), as `a` asks.
+fn run_target(dir: &Path, target: &str, a: &Args, seconds: u64, runs: Option<u64>, log: &Path) -> Result<TargetRun> {
+    // A single target's run shows libFuzzer's output as it comes; smoke and long runs keep it in
+    // the log and print the summary.
+    let show_output = !a.smoke && !a.long;
+    let mut c = cargo_fuzz(dir, &["run", "--sanitizer", &a.sanitizer, target]);
     // Naming the corpus directories replaces cargo-fuzz's default, so name the default as well.
     let corpus = dir.join("corpus").join(target);
     fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
@@ -310,7 +295,7 @@ fn run_target(
         .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
         .arg("-print_final_stats=1")
         .args(runs.map(|n| format!("-runs={n}")))
-        .args(extra)
+        .args(&a.extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let shown = show(&c);
