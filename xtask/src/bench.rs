@@ -270,11 +270,12 @@ pub fn run(args: &[String]) -> Result<()> {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-fn s(p: &Path) -> String {
+pub(crate) fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn remove(p: &Path) -> Result<()> {
+/// Removes a directory tree; one that is not there is fine.
+pub(crate) fn remove(p: &Path) -> Result<()> {
     match fs::remove_dir_all(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

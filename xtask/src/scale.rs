@@ -29,7 +29,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
 
-use crate::bench::{du, measure, measure_fed, Measured, Rng};
+use crate::bench::{du, measure, measure_fed, remove, s, Measured, Rng};
 use crate::cmd;
 
 const USAGE: &str = "\
@@ -345,18 +345,6 @@ fn free_bytes(p: &Path) -> Result<u64> {
     let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     ensure!(r == 0, "statvfs {}: {}", p.display(), std::io::Error::last_os_error());
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-fn remove(p: &Path) -> Result<()> {
-    match fs::remove_dir_all(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
-    }
 }
 
 #[cfg(test)]

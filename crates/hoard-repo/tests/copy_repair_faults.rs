@@ -23,7 +23,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hoard_core::format::BlobType;
 use hoard_core::Id;
 use hoard_repo::backup::fs::backup_paths;
 use hoard_repo::backup::BackupOptions;
@@ -345,19 +344,7 @@ fn repair_all(repo: &Repository) -> hoard_repo::Result<RepairReport> {
 
 /// The first data pack whose loss damages some snapshot yet leaves some of its files whole.
 fn damage(w: &World) -> Damaged {
-    let packs = {
-        let repo = w.open(Arc::new(copy(&w.source)));
-        let cache = repo.cache();
-        let mut data: Vec<Id> = cache
-            .packs()
-            .unwrap()
-            .into_iter()
-            .map(|(p, _)| p)
-            .filter(|p| cache.pack_entries(p).unwrap().iter().all(|e| e.blob_type == BlobType::Data))
-            .collect();
-        data.sort();
-        data
-    };
+    let packs = data_packs(&w.open(Arc::new(copy(&w.source))));
     for pack in packs {
         let storage = Arc::new(copy(&w.source));
         storage.delete(ObjectKind::Pack, &pack.to_hex()).unwrap();

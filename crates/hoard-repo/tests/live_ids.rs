@@ -8,8 +8,6 @@ mod support;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use hoard_core::format::BlobType;
-use hoard_core::Id;
 use hoard_repo::backup::fs::backup_paths;
 use hoard_repo::backup::BackupOptions;
 use hoard_repo::check::{check, Subset};
@@ -27,16 +25,7 @@ fn damaged(tmp: &std::path::Path) -> (MemoryStorage, std::path::PathBuf) {
         make_tree(&src.join(format!("d{i}")), i, &[1], 24 << 10);
     }
     backup_paths(&repo, std::slice::from_ref(&src), &BackupOptions::default()).unwrap();
-    let cache = repo.cache();
-    let mut data: Vec<Id> = cache
-        .packs()
-        .unwrap()
-        .into_iter()
-        .map(|(p, _)| p)
-        .filter(|p| cache.pack_entries(p).unwrap().iter().all(|e| e.blob_type == BlobType::Data))
-        .collect();
-    drop(cache);
-    data.sort();
+    let data = data_packs(&repo);
     storage.delete(ObjectKind::Pack, &data[0].to_hex()).unwrap();
     repair_index(&repo).unwrap();
     (copy(&*storage), src)

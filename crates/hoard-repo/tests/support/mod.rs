@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hoard_core::{ChunkerParams, KdfParams};
+use hoard_core::format::BlobType;
+use hoard_core::{ChunkerParams, Id, KdfParams};
 use hoard_repo::restore::{self, RestoreOptions, RestoreSummary};
 use hoard_repo::{InitOptions, Repository, SnapshotEntry};
 use hoard_storage::{MemoryStorage, ObjectKind, Storage};
@@ -89,4 +90,18 @@ pub fn restore_files(
     let inside = target.join(source.strip_prefix("/").unwrap());
     let got = if inside.exists() { files(&inside) } else { BTreeMap::new() };
     Ok((summary, got))
+}
+
+/// The packs of `repo` that hold only data blobs, sorted by id.
+pub fn data_packs(repo: &Repository) -> Vec<Id> {
+    let cache = repo.cache();
+    let mut data: Vec<Id> = cache
+        .packs()
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| cache.pack_entries(p).unwrap().iter().all(|e| e.blob_type == BlobType::Data))
+        .collect();
+    data.sort();
+    data
 }
