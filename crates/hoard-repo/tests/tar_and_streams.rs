@@ -162,3 +162,48 @@ fn streams_round_trip_and_the_cache_rebuilds_from_the_repository() {
         Err(hoard_repo::RepoError::WrongPassword(_))
     ));
 }
+
+/// Hands out its bytes in reads of irregular, mostly small sizes, as a pipe from a dump tool
+/// does.
+struct Trickle<'a> {
+    data: &'a [u8],
+    step: usize,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.step = (self.step * 7 + 3) % 50_000;
+        let n = (self.step + 1).min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_stream_read_in_blocks_is_cut_where_the_whole_input_would_be() {
+    // Several of the reader's blocks (two maximum chunks and a MiB each), fed in small reads:
+    // every chunk, including those that straddle two blocks, must be cut where the chunker
+    // cuts the whole input at once, and the bytes must come back unchanged.
+    let tmp = tempfile::tempdir().unwrap();
+    let r = repo(Arc::new(MemoryStorage::new()), &tmp.path().join("cache"));
+    let mut data = noise(5, 5 << 20);
+    // A compressible stretch, so that both sealing paths are taken.
+    data[1 << 20..3 << 20].iter_mut().enumerate().for_each(|(i, b)| *b = (i / 3000) as u8);
+    let src = StreamSource { kind: "stdin", name: "dump.sql" };
+    let mut input = Trickle { data: &data, step: 1 };
+    let res = backup_stream(&r, &mut input, &src, &BackupOptions::default(), &mut || Ok(())).unwrap();
+    let node = &r.load_tree(&res.snapshot.tree).unwrap().nodes[0];
+    let stored: Vec<usize> = r
+        .content_chunks(&node.content)
+        .unwrap()
+        .iter()
+        .map(|id| r.read_blob(id).unwrap().len())
+        .collect();
+    let whole = hoard_core::Chunker::new(r.config().dumps_chunker, r.keys()).lengths(&data);
+    assert!(whole.len() > 100, "{}", whole.len());
+    assert_eq!(stored, whole);
+    let mut out = Vec::new();
+    restore::dump_file(&r, node, &mut out).unwrap();
+    assert!(out == data, "the restored stream differs");
+}

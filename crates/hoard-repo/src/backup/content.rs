@@ -7,6 +7,8 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
+use bytes::Bytes;
+
 use hoard_core::format::tree::{encode_list, Content, INLINE_CHUNKS, LIST_CHUNKS};
 use hoard_core::format::BlobType;
 use hoard_core::{Chunker, Id};
@@ -93,7 +95,23 @@ impl ContentBuilder {
 }
 
 thread_local! {
-    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The first block of every input read on this thread, kept between inputs: allocating (and
+    /// faulting in) megabytes for every small file cost more than reading it.
+    static FIRST: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads into `v` until it holds `want` more bytes or the input ends; returns how many it read.
+fn fill(r: &mut dyn Read, v: &mut Vec<u8>, want: usize) -> Result<usize> {
+    // `Take::read_to_end` reads into the spare capacity without zeroing it first for a file or
+    // a pipe, and stops at `want` bytes even on a pipe that has more.
+    let before = v.len();
+    loop {
+        match r.take((want - (v.len() - before)) as u64).read_to_end(v) {
+            Ok(_) => return Ok(v.len() - before),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(RepoError::io("reading", e)),
+        }
+    }
 }
 
 /// The outcome of chunking one stream.
@@ -113,83 +131,91 @@ pub fn chunk_stream(
     on_read: &(dyn Fn(u64) + Sync),
 ) -> Result<Chunked> {
     let max = chunker.params().max as usize;
-    // Reads of 1 MiB behind a chunk's worth of lookahead: a larger buffer per reader thread
-    // only adds to memory (4 readers × 8 MiB was the largest single use in a heap profile).
-    let read_size = 1 << 20;
-    // One buffer per thread, kept between files: allocating (and faulting in) megabytes for
-    // every small file cost more than reading it.
-    let mut buf = BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    if buf.len() < max + read_size {
-        buf = vec![0u8; max + read_size];
-    }
-    let (mut start, mut end, mut eof) = (0usize, 0usize, false);
+    // The input is read a block at a time. A block starts with the previous block's uncut tail
+    // (under `max` bytes, the one copy of input bytes the reader makes) and ends at least `max`
+    // bytes later, so the chunker always has a whole chunk's worth to look at. The sealing
+    // workers get their chunks as slices of the block, not copies: a block lives until its
+    // last chunk is sealed, and `flight` bounds how many are.
+    let block_len = 2 * max + (1 << 20);
     let mut ids = ContentBuilder::new();
     let mut size = 0u64;
     let failed: Mutex<Option<RepoError>> = Mutex::new(None);
     let keys = packer.repo().keys();
-    let result = rayon::in_place_scope(|s| -> Result<()> {
-        loop {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(RepoError::Interrupted);
-            }
-            if !eof && end - start < max {
-                buf.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
-                while end < buf.len() {
-                    let n = match r.read(&mut buf[end..]) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(RepoError::io("reading", e)),
-                    };
-                    if n == 0 {
-                        eof = true;
-                        break;
-                    }
-                    end += n;
-                    size += n as u64;
-                    on_read(n as u64);
-                    if end - start >= max {
-                        break;
-                    }
-                }
-            }
-            while let Some(n) = chunker.cut(&buf[start..end], eof) {
-                let data = &buf[start..start + n];
+    if cancel.load(Ordering::Relaxed) {
+        return Err(RepoError::Interrupted);
+    }
+    let mut first = FIRST.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    first.clear();
+    if first.capacity() < block_len {
+        first = Vec::with_capacity(block_len);
+    }
+    let n = fill(r, &mut first, block_len)?;
+    size += n as u64;
+    on_read(n as u64);
+    if n < block_len && n <= max {
+        // The whole input fits in one chunk's worth: cut and seal it here, on the reading
+        // thread. Waking the pool for every small file costs more than the work, and the
+        // reader threads already run side by side.
+        let mut rest = &first[..];
+        let r = (|| -> Result<()> {
+            while let Some(n) = chunker.cut(rest, true) {
+                let data = &rest[..n];
                 let id = keys.blob_id(data);
                 if packer.claim(&id)? {
-                    if eof && size as usize <= max {
-                        // The whole input fit in one read: seal it here. Waking the pool for
-                        // every small file costs more than the work, and the reader threads
-                        // already run side by side.
-                        packer.store(BlobType::Data, id, data)?;
-                    } else {
-                        let owned = data.to_vec();
-                        flight.acquire(n);
-                        let failed = &failed;
-                        s.spawn(move |_| {
-                            if let Err(e) = packer.store(BlobType::Data, id, &owned) {
-                                failed.lock().unwrap().get_or_insert(e);
-                            }
-                            flight.release(n);
-                        });
-                    }
+                    packer.store(BlobType::Data, id, data)?;
+                }
+                ids.push(id, packer)?;
+                rest = &rest[n..];
+            }
+            Ok(())
+        })();
+        FIRST.with(|b| *b.borrow_mut() = first);
+        r?;
+        return Ok(Chunked { content: ids.finish(packer)?, size });
+    }
+    let mut eof = n < block_len;
+    let mut block = Bytes::from(first);
+    let result = rayon::in_place_scope(|s| -> Result<()> {
+        loop {
+            let mut start = 0;
+            while let Some(n) = chunker.cut(&block[start..], eof) {
+                let id = keys.blob_id(&block[start..start + n]);
+                if packer.claim(&id)? {
+                    let data = block.slice(start..start + n);
+                    flight.acquire(n);
+                    let failed = &failed;
+                    s.spawn(move |_| {
+                        if let Err(e) = packer.store(BlobType::Data, id, &data) {
+                            failed.lock().unwrap().get_or_insert(e);
+                        }
+                        flight.release(n);
+                    });
                 }
                 ids.push(id, packer)?;
                 start += n;
-                if !eof && end - start < max {
+                if !eof && block.len() - start < max {
                     break;
                 }
             }
-            if eof && start == end {
+            if eof {
                 return Ok(());
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(RepoError::Interrupted);
             }
             if packer.failed() {
                 return Err(RepoError::Invalid("storage failed; see the error below".into()));
             }
+            let mut next = Vec::with_capacity(block_len);
+            next.extend_from_slice(&block[start..]);
+            let want = block_len - next.len();
+            let n = fill(r, &mut next, want)?;
+            size += n as u64;
+            on_read(n as u64);
+            eof = n < want;
+            block = Bytes::from(next);
         }
     });
-    BUF.with(|b| *b.borrow_mut() = buf);
     if let Some(e) = failed.into_inner().unwrap() {
         return Err(e);
     }
