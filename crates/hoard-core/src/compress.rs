@@ -17,26 +17,43 @@ thread_local! {
 /// Compresses `data` at `level`; `None` when the result would not be smaller.
 ///
 /// The result is allocated at its exact size plus room for an AEAD tag, so that sealing it in
-/// place never reallocates: a pack builder holds every blob until the pack is full, and slack
-/// capacity (zstd's worst-case bound, or a doubling on append) would multiply its memory.
+/// place never reallocates.
 pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
-    if level == 0 || data.len() < 64 {
+    let mut out = Vec::new();
+    if !compress_into(data, level, &mut out) {
         return None;
+    }
+    // Shrinking in place (glibc splits the block, or mremaps a large one) copies nothing.
+    out.shrink_to(out.len() + TAG_LEN);
+    Some(out)
+}
+
+/// Appends `data` compressed at `level` to `out` and returns true; returns false, with `out`
+/// as it was, when the result would not be smaller. Room for an AEAD tag after the result is
+/// reserved too. A pack builder compresses straight into its pack this way, so no blob has an
+/// allocation of its own.
+pub fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> bool {
+    if level == 0 || data.len() < 64 {
+        return false;
     }
     COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.as_ref().is_none_or(|(l, _)| *l != level) {
-            *cell = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+            let Ok(c) = zstd::bulk::Compressor::new(level) else { return false };
+            *cell = Some((level, c));
         }
-        let (_, c) = cell.as_mut()?;
-        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + TAG_LEN);
-        let n = c.compress_to_buffer(data, &mut out).ok()?;
-        if n >= data.len() {
-            return None;
+        let Some((_, c)) = cell.as_mut() else { return false };
+        let start = out.len();
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()) + TAG_LEN);
+        let mut at = std::io::Cursor::new(&mut *out);
+        at.set_position(start as u64);
+        match c.compress_to_buffer(data, &mut at) {
+            Ok(n) if n < data.len() => true,
+            _ => {
+                out.truncate(start);
+                false
+            }
         }
-        // Shrinking in place (glibc splits the block, or mremaps a large one) copies nothing.
-        out.shrink_to(n + TAG_LEN);
-        Some(out)
     })
 }
 

@@ -27,9 +27,15 @@ impl Cipher {
 
     /// Encrypts `buf` in place and appends the tag.
     pub fn seal(&self, counter: u32, aad: &[u8], buf: &mut Vec<u8>) {
+        self.seal_from(counter, aad, buf, 0);
+    }
+
+    /// Encrypts `buf[from..]` in place and appends the tag: sealing the last of several
+    /// ciphertexts kept back to back in one buffer.
+    pub fn seal_from(&self, counter: u32, aad: &[u8], buf: &mut Vec<u8>, from: usize) {
         let tag = self
             .0
-            .encrypt_in_place_detached(&nonce(counter), aad, buf)
+            .encrypt_in_place_detached(&nonce(counter), aad, &mut buf[from..])
             .expect("AES-GCM cannot fail for buffers below 64 GiB");
         buf.extend_from_slice(&tag);
     }

@@ -10,7 +10,6 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Condvar, Mutex};
 
-use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use hoard_core::format::index::{IndexPack, IndexSegment};
 use hoard_core::format::pack::{FinishedPack, PackBuilder};
@@ -157,8 +156,10 @@ impl<'r> Packer<'r> {
     /// Compresses, encrypts and packs a claimed blob on the calling thread.
     pub fn store(&self, t: BlobType, id: Id, plaintext: &[u8]) -> Result<()> {
         let pool = if t == BlobType::Tree { &self.trees } else { &self.data };
-        let mut b = pool.take(|| PackBuilder::new(self.repo.keys()));
-        let stored = b.add(t, id, plaintext, self.level).bytes.len();
+        // Room for a full pack and the blob that fills it, so the buffer never grows: only the
+        // bytes written to it take memory.
+        let mut b = pool.take(|| PackBuilder::with_capacity(self.repo.keys(), self.target + self.target / 4));
+        let stored = b.add(t, id, plaintext, self.level);
         self.blobs_new.fetch_add(1, Relaxed);
         self.bytes_new.fetch_add(plaintext.len() as u64, Relaxed);
         self.bytes_stored.fetch_add(stored as u64, Relaxed);
@@ -221,7 +222,7 @@ impl<'r> Packer<'r> {
     }
 
     fn upload(&self, p: FinishedPack) -> Result<()> {
-        let pieces: Vec<Bytes> = p.pieces.into_iter().map(Bytes::from).collect();
+        let pieces = p.pieces;
         // Noted before the upload: a process killed while the request is in flight may still
         // leave the whole pack in storage, and the note lets the next run find it.
         let ip = IndexPack { id: p.id, len: p.len, entries: p.entries };

@@ -13,6 +13,8 @@
 //! pack) never repeat under one key. Blobs are written in a shuffled order, and the whole pack is
 //! padded (Padmé) so its size says little about the sizes of what is inside.
 
+use bytes::Bytes;
+
 use super::{BlobType, MAX_BLOB};
 use crate::codec::{Reader, Writer};
 use crate::compress;
@@ -96,38 +98,46 @@ fn header_aad(pack: &Id) -> Vec<u8> {
     w.finish()
 }
 
-/// A blob compressed and encrypted for one pack, not yet placed.
-pub struct SealedBlob {
-    pub blob_type: BlobType,
-    pub id: Id,
-    pub raw_len: u32,
-    pub compressed: bool,
-    pub nonce: u32,
-    pub bytes: Vec<u8>,
-}
-
 /// Assembles one pack in memory. Not thread-safe by design: the pipeline gives each worker
 /// its own builder, so blobs are sealed without a lock.
+///
+/// Sealed blobs are kept back to back in one buffer, each compressed and encrypted where it
+/// lies: no blob has an allocation of its own, and [`PackBuilder::finish`] hands the buffer on
+/// as shuffled slices without copying it.
 pub struct PackBuilder {
     id: Id,
     cipher: Cipher,
     next_nonce: u32,
-    blobs: Vec<SealedBlob>,
-    size: usize,
+    buf: Vec<u8>,
+    /// One per blob, in the order added; `offset` is the blob's place in `buf`.
+    entries: Vec<PackEntry>,
 }
 
 /// A finished pack: its pieces in file order (write them back to back) and its entries.
 pub struct FinishedPack {
     pub id: Id,
-    pub pieces: Vec<Vec<u8>>,
+    pub pieces: Vec<Bytes>,
     pub entries: Vec<PackEntry>,
     pub len: u64,
 }
 
 impl PackBuilder {
     pub fn new(keys: &Keys) -> PackBuilder {
+        PackBuilder::with_capacity(keys, 0)
+    }
+
+    /// A builder whose buffer holds `capacity` bytes of sealed blobs before it grows (growing
+    /// copies what it holds): a pack's target size plus its largest blob. Only the bytes
+    /// written take memory.
+    pub fn with_capacity(keys: &Keys, capacity: usize) -> PackBuilder {
         let id = Id::random();
-        PackBuilder { id, cipher: keys.pack_cipher(&id), next_nonce: 0, blobs: Vec::new(), size: 0 }
+        PackBuilder {
+            id,
+            cipher: keys.pack_cipher(&id),
+            next_nonce: 0,
+            buf: Vec::with_capacity(capacity),
+            entries: Vec::new(),
+        }
     }
 
     pub fn id(&self) -> Id {
@@ -136,64 +146,65 @@ impl PackBuilder {
 
     /// Bytes of sealed blobs so far.
     pub fn size(&self) -> usize {
-        self.size
+        self.buf.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty()
+        self.entries.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.blobs.len()
+        self.entries.len()
     }
 
     /// True once the pack has reached `target` bytes or [`MAX_ENTRIES`] blobs.
     pub fn is_full(&self, target: usize) -> bool {
-        self.size >= target || self.blobs.len() >= MAX_ENTRIES
+        self.buf.len() >= target || self.entries.len() >= MAX_ENTRIES
     }
 
-    /// Compresses (at `level`, unless that does not shrink it) and encrypts one blob.
-    pub fn add(&mut self, blob_type: BlobType, id: Id, plaintext: &[u8], level: i32) -> &SealedBlob {
+    /// Compresses (at `level`, unless that does not shrink it) and encrypts one blob. Returns
+    /// its sealed length.
+    pub fn add(&mut self, blob_type: BlobType, id: Id, plaintext: &[u8], level: i32) -> usize {
         assert!(plaintext.len() <= MAX_BLOB, "blob of {} bytes exceeds the format's limit", plaintext.len());
-        let (mut bytes, compressed) = match compress::compress(plaintext, level) {
-            Some(c) => (c, true),
-            None => {
-                let mut v = Vec::with_capacity(plaintext.len() + TAG_LEN);
-                v.extend_from_slice(plaintext);
-                (v, false)
-            }
-        };
+        let start = self.buf.len();
+        let compressed = compress::compress_into(plaintext, level, &mut self.buf);
+        if !compressed {
+            self.buf.reserve(plaintext.len() + TAG_LEN);
+            self.buf.extend_from_slice(plaintext);
+        }
         let nonce = self.next_nonce;
         self.next_nonce += 1;
-        self.cipher.seal(nonce, &blob_aad(blob_type, &id), &mut bytes);
-        self.size += bytes.len();
-        self.blobs.push(SealedBlob { blob_type, id, raw_len: plaintext.len() as u32, compressed, nonce, bytes });
-        self.blobs.last().unwrap()
+        self.cipher.seal_from(nonce, &blob_aad(blob_type, &id), &mut self.buf, start);
+        let length = self.buf.len() - start;
+        self.entries.push(PackEntry {
+            blob_type,
+            id,
+            offset: start as u64,
+            length: length as u32,
+            raw_len: plaintext.len() as u32,
+            compressed,
+            nonce,
+        });
+        length
     }
 
     /// Shuffles the blobs, appends padding, the sealed header and the trailer.
     pub fn finish(mut self) -> FinishedPack {
         // Fisher-Yates with the OS CSPRNG: the order must not reveal the order of the input.
-        for i in (1..self.blobs.len()).rev() {
+        for i in (1..self.entries.len()).rev() {
             let j = (random_u64() % (i as u64 + 1)) as usize;
-            self.blobs.swap(i, j);
+            self.entries.swap(i, j);
         }
-        let mut entries = Vec::with_capacity(self.blobs.len());
+        let all = Bytes::from(self.buf);
+        let mut pieces = Vec::with_capacity(self.entries.len() + 2);
         let mut offset = 0u64;
-        let mut pieces = Vec::with_capacity(self.blobs.len() + 2);
-        for b in self.blobs {
-            entries.push(PackEntry {
-                blob_type: b.blob_type,
-                id: b.id,
-                offset,
-                length: b.bytes.len() as u32,
-                raw_len: b.raw_len,
-                compressed: b.compressed,
-                nonce: b.nonce,
-            });
-            offset += b.bytes.len() as u64;
-            pieces.push(b.bytes);
+        for e in &mut self.entries {
+            let at = e.offset as usize;
+            pieces.push(all.slice(at..at + e.length as usize));
+            e.offset = offset;
+            offset += u64::from(e.length);
         }
+        let entries = self.entries;
         let mut h = Writer::new();
         h.u8(VERSION).varint(entries.len() as u64);
         for e in &entries {
@@ -212,10 +223,10 @@ impl PackBuilder {
             let mut seed = [0u8; 32];
             crate::id::fill_random(&mut seed);
             blake3::Hasher::new_keyed(&seed).finalize_xof().fill(&mut p);
-            pieces.push(p);
+            pieces.push(Bytes::from(p));
         }
         header.extend_from_slice(&header_len.to_le_bytes());
-        pieces.push(header);
+        pieces.push(Bytes::from(header));
         FinishedPack { id: self.id, pieces, entries, len: padme(unpadded) }
     }
 }
