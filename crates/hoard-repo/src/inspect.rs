@@ -34,7 +34,9 @@ pub fn walk(
     Ok(())
 }
 
-fn join(prefix: &str, name: &[u8]) -> String {
+/// `prefix/name`, the path a walk of a snapshot shows for an entry (names that are not UTF-8
+/// shown lossily).
+pub(crate) fn join(prefix: &str, name: &[u8]) -> String {
     let name = String::from_utf8_lossy(name);
     if prefix.ends_with('/') {
         format!("{prefix}{name}")

@@ -32,6 +32,7 @@ use hoard_storage::ErrorKind;
 use crate::backup::treebuild::store_tree;
 use crate::backup::{commit, BackupOptions};
 use crate::error::{RepoError, Result};
+use crate::inspect::join;
 use crate::packer::Packer;
 use crate::repo::{Repository, SnapshotEntry};
 
@@ -341,14 +342,5 @@ impl Walker<'_, '_> {
             Some(p) => store_tree(p, out)?,
             None => Id([0; 32]),
         }))
-    }
-}
-
-fn join(prefix: &str, name: &[u8]) -> String {
-    let name = String::from_utf8_lossy(name);
-    if prefix.ends_with('/') {
-        format!("{prefix}{name}")
-    } else {
-        format!("{prefix}/{name}")
     }
 }
