@@ -194,12 +194,8 @@ fn a_stream_read_in_blocks_is_cut_where_the_whole_input_would_be() {
     let mut input = Trickle { data: &data, step: 1 };
     let res = backup_stream(&r, &mut input, &src, &BackupOptions::default(), &mut || Ok(())).unwrap();
     let node = &r.load_tree(&res.snapshot.tree).unwrap().nodes[0];
-    let stored: Vec<usize> = r
-        .content_chunks(&node.content)
-        .unwrap()
-        .iter()
-        .map(|id| r.read_blob(id).unwrap().len())
-        .collect();
+    let stored: Vec<usize> =
+        r.content_chunks(&node.content).unwrap().iter().map(|id| r.read_blob(id).unwrap().len()).collect();
     let whole = hoard_core::Chunker::new(r.config().dumps_chunker, r.keys()).lengths(&data);
     assert!(whole.len() > 100, "{}", whole.len());
     assert_eq!(stored, whole);

@@ -107,7 +107,10 @@ impl MemoryStorage {
     /// Replaces an object's bytes, bypassing the create-only contract: for tests that damage
     /// a repository on purpose.
     pub fn overwrite(&self, kind: ObjectKind, name: &str, data: Vec<u8>) {
-        self.objects.lock().unwrap().insert((kind, name.to_string()), (Stored::one(Bytes::from(data)), self.clock.now_ns()));
+        self.objects
+            .lock()
+            .unwrap()
+            .insert((kind, name.to_string()), (Stored::one(Bytes::from(data)), self.clock.now_ns()));
     }
 }
 
