@@ -37,6 +37,24 @@ pub const STORAGE_DENIED: i32 = 19;
 /// Interrupted by a signal; nothing was committed.
 pub const INTERRUPTED: i32 = 130;
 
+/// An error as one line for the terminal: its chain of causes joined by ": ", leaving out a cause
+/// whose words its parent's message already ends with (an error that shows its source in its own
+/// message, as `{context}: {source}` does, would otherwise print it twice).
+pub fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// The exit code for an error.
 pub fn code(e: &anyhow::Error) -> i32 {
     for cause in e.chain() {
@@ -80,5 +98,19 @@ fn storage_code(e: &hoard_storage::StorageError) -> i32 {
         K::Temporary => STORAGE_UNAVAILABLE,
         K::PermissionDenied => STORAGE_DENIED,
         _ => FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_the_message_already_shows_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(RepoError::io("/srv/data", io)).context("backing up");
+        assert_eq!(message(&e), "backing up: /srv/data: No such file or directory");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(message(&plain), "outer: inner");
     }
 }

@@ -1726,7 +1726,7 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             let code = exit::code(&e);
-            eprintln!("hoard: {e:#}");
+            eprintln!("hoard: {}", exit::message(&e));
             code
         }
     };
