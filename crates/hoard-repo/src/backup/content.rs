@@ -100,6 +100,11 @@ thread_local! {
     static FIRST: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// A first block that held more than this is given back to the system after its input rather
+/// than kept: every reader thread would otherwise keep the pages of the largest file it ever
+/// read (up to a maximum chunk, 4 MiB) resident for the rest of the backup.
+const FIRST_KEPT: usize = 1 << 20;
+
 /// Reads into `v` until it holds `want` more bytes or the input ends; returns how many it read.
 fn fill(r: &mut dyn Read, v: &mut Vec<u8>, want: usize) -> Result<usize> {
     // `Take::read_to_end` reads into the spare capacity without zeroing it first for a file or
@@ -169,7 +174,9 @@ pub fn chunk_stream(
             }
             Ok(())
         })();
-        FIRST.with(|b| *b.borrow_mut() = first);
+        if n <= FIRST_KEPT {
+            FIRST.with(|b| *b.borrow_mut() = first);
+        }
         r?;
         return Ok(Chunked { content: ids.finish(packer)?, size });
     }
