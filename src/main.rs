@@ -751,17 +751,12 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         excludes.extend(s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
     }
     let progress = Arc::new(Progress::default());
-    let repo = ctx.open()?;
-    let parent = match &a.parent {
-        Some(p) => Some(repo.find_snapshot(p, &|_| true)?.id),
-        None => None,
-    };
-    let opts = BackupOptions {
+    let mut opts = BackupOptions {
         host: a.host.clone().unwrap_or_else(hostname),
         user: username(),
         tags: a.tags.clone(),
         labels: a.labels.clone(),
-        parent,
+        parent: None,
         force: a.force,
         excludes,
         exclude_caches: a.exclude_caches,
@@ -773,25 +768,38 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         lock_stale: lock_stale()?,
         ..BackupOptions::default()
     };
+    let streamed = a.stdin || a.from_command.is_some();
+    // What was asked for is checked before the password is.
+    if streamed && !a.paths.is_empty() {
+        bail!("give either paths or --stdin/--from-command, not both");
+    }
+    if !streamed && a.paths.is_empty() {
+        bail!("nothing to back up: give paths, --stdin or --from-command");
+    }
+    let stream_name = match (streamed, a.name.as_deref()) {
+        (true, None) => bail!("--stdin and --from-command need --name NAME"),
+        (_, name) => name.unwrap_or_default(),
+    };
+    // The walk's listing needs no key: it starts now and runs while the password's key is
+    // derived and the repository opened.
+    let lookahead = if streamed { None } else { Some(backup::listing::Lookahead::start(&a.paths, &opts)?) };
+    let repo = ctx.open()?;
+    if let Some(p) = &a.parent {
+        opts.parent = Some(repo.find_snapshot(p, &|_| true)?.id);
+    }
     let bar = Bar::start(ctx.progress, progress);
-    let result = if a.stdin || a.from_command.is_some() {
-        if !a.paths.is_empty() {
-            bail!("give either paths or --stdin/--from-command, not both");
+    let result = match lookahead {
+        Some(lookahead) => backup::fs::backup_listed(&repo, lookahead, &opts),
+        None => {
+            if let Some(cmd) = &a.from_command {
+                let src = backup::stream::StreamSource { kind: "command", name: stream_name };
+                backup::stream::backup_command(&repo, cmd, &src, &opts)
+            } else {
+                let src = backup::stream::StreamSource { kind: "stdin", name: stream_name };
+                let mut stdin = io::stdin().lock();
+                backup::stream::backup_stream(&repo, &mut stdin, &src, &opts, &mut || Ok(()))
+            }
         }
-        let name = a.name.as_deref().ok_or_else(|| anyhow!("--stdin and --from-command need --name NAME"))?;
-        if let Some(cmd) = &a.from_command {
-            let src = backup::stream::StreamSource { kind: "command", name };
-            backup::stream::backup_command(&repo, cmd, &src, &opts)
-        } else {
-            let src = backup::stream::StreamSource { kind: "stdin", name };
-            let mut stdin = io::stdin().lock();
-            backup::stream::backup_stream(&repo, &mut stdin, &src, &opts, &mut || Ok(()))
-        }
-    } else {
-        if a.paths.is_empty() {
-            bail!("nothing to back up: give paths, --stdin or --from-command");
-        }
-        backup::fs::backup_paths(&repo, &a.paths, &opts)
     };
     drop(bar);
     let r = result?;

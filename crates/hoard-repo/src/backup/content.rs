@@ -105,6 +105,32 @@ thread_local! {
 /// read (up to a maximum chunk, 4 MiB) resident for the rest of the backup.
 const FIRST_KEPT: usize = 1 << 20;
 
+/// Files at least this large are looked at for a database dump's header ([`looks_like_dump`]).
+pub const DUMP_SNIFF_MIN: u64 = 1 << 20;
+
+/// How many leading bytes [`looks_like_dump`] needs.
+pub const DUMP_HEAD: usize = 256;
+
+/// Whether `head`, the first bytes of a file, starts a database dump of a kind that a nightly
+/// job writes again with small changes scattered through it: plain-text `pg_dump` and
+/// `pg_dumpall`, `mysqldump` and `mariadb-dump`, or a Redis RDB file. A file backup cuts such a
+/// file with the repository's dump chunker (16 KiB average) rather than the file chunker
+/// (1 MiB), as `hoard backup postgres` would: with 1 MiB chunks a few hundred updated rows touch
+/// nearly every chunk and the whole dump is stored again every night.
+pub fn looks_like_dump(head: &[u8]) -> bool {
+    if head.starts_with(b"REDIS0") {
+        return true;
+    }
+    // mariadb-dump may start with a "/*M!999999\- enable the sandbox mode */" line.
+    let first_lines = &head[..head.len().min(DUMP_HEAD)];
+    let has = |needle: &[u8]| first_lines.windows(needle.len()).any(|w| w == needle);
+    (head.starts_with(b"--\n-- PostgreSQL database ") && (has(b"database dump\n") || has(b"database cluster dump\n")))
+        || has(b"\n-- MySQL dump ")
+        || head.starts_with(b"-- MySQL dump ")
+        || has(b"\n-- MariaDB dump ")
+        || head.starts_with(b"-- MariaDB dump ")
+}
+
 /// Reads into `v` until it holds `want` more bytes or the input ends; returns how many it read.
 fn fill(r: &mut dyn Read, v: &mut Vec<u8>, want: usize) -> Result<usize> {
     // `Take::read_to_end` reads into the spare capacity without zeroing it first for a file or

@@ -5,23 +5,21 @@
 //! and hashing of many files overlap, and sealing runs on the rayon pool. A file whose size,
 //! mtime, ctime and inode match its entry in the parent snapshot is not read at all.
 
-use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{self, Metadata, OpenOptions};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use hoard_core::format::snapshot::Summary;
 use hoard_core::format::tree::{Content, Node, NodeKind, Tree};
 use hoard_core::{Chunker, Id};
 
-use super::content::{chunk_stream, Flight, FLIGHT_BYTES};
+use super::content::{chunk_stream, looks_like_dump, Flight, DUMP_HEAD, DUMP_SNIFF_MIN, FLIGHT_BYTES};
+use super::listing::{is_cachedir, Filter, Lookahead, Selection};
 use super::treebuild::store_tree;
 use super::{commit, BackupOptions, BackupResult};
 use crate::error::{RepoError, Result};
@@ -31,15 +29,6 @@ use crate::repo::Repository;
 
 /// The source kind of filesystem snapshots.
 pub const SOURCE_KIND: &str = "path";
-
-const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
-
-/// Which parts of the tree were named on the command line.
-#[derive(Default, Debug)]
-struct Selection {
-    whole: bool,
-    children: BTreeMap<Vec<u8>, Selection>,
-}
 
 /// Makes a path absolute and removes `.` and `..` lexically (as `restic` does), keeping
 /// symlinks in it as they are.
@@ -127,8 +116,9 @@ impl Pipeline {
 struct Walker<'a, 'r> {
     packer: &'a Packer<'r>,
     opts: &'a BackupOptions,
-    excludes: GlobSet,
-    basename_excludes: GlobSet,
+    filter: &'a Filter,
+    /// Listings made ahead of the walk, when a lister runs.
+    lookahead: Option<&'a Lookahead>,
     names: Names,
     jobs: Sender<Job>,
     summary: Mutex<Summary>,
@@ -145,39 +135,9 @@ struct Walker<'a, 'r> {
     live: std::cell::RefCell<Option<Option<crate::repo::LiveIds>>>,
 }
 
-fn build_globs(patterns: &[String]) -> Result<(GlobSet, GlobSet)> {
-    let mut full = GlobSetBuilder::new();
-    let mut base = GlobSetBuilder::new();
-    for p in patterns {
-        let g = globset::GlobBuilder::new(p)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| RepoError::Invalid(format!("exclude pattern {p:?}: {e}")))?;
-        if p.contains('/') {
-            full.add(g);
-            // "dir/**"-style patterns should also exclude the directory itself.
-            if let Some(stripped) = p.strip_suffix("/**") {
-                full.add(Glob::new(stripped).map_err(|e| RepoError::Invalid(format!("exclude pattern {p:?}: {e}")))?);
-            }
-        } else {
-            base.add(g);
-        }
-    }
-    let err = |e: globset::Error| RepoError::Invalid(format!("exclude patterns: {e}"));
-    Ok((full.build().map_err(err)?, base.build().map_err(err)?))
-}
-
-fn is_cachedir(dir: &Path) -> bool {
-    let mut buf = [0u8; CACHEDIR_SIGNATURE.len()];
-    match File::open(dir.join("CACHEDIR.TAG")) {
-        Ok(f) => std::io::Read::read_exact(&mut &f, &mut buf).is_ok() && buf == CACHEDIR_SIGNATURE,
-        Err(_) => false,
-    }
-}
-
-fn find<'t>(tree: Option<&'t Tree>, name: &[u8]) -> Option<&'t Node> {
-    let t = tree?;
-    t.nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok().map(|i| &t.nodes[i])
+/// Where the node named `name` is in `tree`.
+fn find(tree: Option<&Tree>, name: &[u8]) -> Option<usize> {
+    tree?.nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok()
 }
 
 impl Walker<'_, '_> {
@@ -189,13 +149,6 @@ impl Walker<'_, '_> {
     fn error(&self, msg: String) {
         self.summary.lock().unwrap().errors += 1;
         self.warn(msg);
-    }
-
-    fn excluded(&self, path: &Path) -> bool {
-        if self.excludes.is_match(path) {
-            return true;
-        }
-        path.file_name().is_some_and(|n| self.basename_excludes.is_match(n))
     }
 
     fn parent_subtree(&self, node: Option<&Node>) -> Option<Tree> {
@@ -211,7 +164,17 @@ impl Walker<'_, '_> {
 
     /// Archives the entries `names` of directory `dir`; returns the slot where the directory's
     /// tree id will be once [`Walker::drain`] has finished it.
-    fn dir(&self, dir: &Path, names: Vec<Listed<'_>>, parent: Option<&Tree>, root_dev: Option<u64>) -> Result<usize> {
+    ///
+    /// `parent` is the directory's tree in the parent snapshot. An unchanged file's content and
+    /// extended attributes are moved out of it, not copied (an allocation and a free less for
+    /// every file of a night with few changes), so it is not whole afterwards.
+    fn dir(
+        &self,
+        dir: &Path,
+        names: Vec<Listed<'_>>,
+        mut parent: Option<&mut Tree>,
+        root_dev: Option<u64>,
+    ) -> Result<usize> {
         let mut pending = Vec::with_capacity(names.len());
         // Files that look unchanged: their slot in `pending`, path and metadata.
         let mut unchanged: Vec<(usize, PathBuf, fs::Metadata)> = Vec::new();
@@ -228,7 +191,8 @@ impl Walker<'_, '_> {
                 }
             };
             let mut node = node_from_metadata(&name, &meta, &self.names);
-            let pnode = find(parent, &name);
+            let at = find(parent.as_deref(), &name);
+            let pnode = at.and_then(|i| parent.as_deref().map(|t| &t.nodes[i]));
             let xattrs = |node: &mut Node| match read_xattrs(&path) {
                 Ok(x) => node.xattrs = x,
                 Err(e) => self.warn(format!("{}: extended attributes not read: {e}", path.display())),
@@ -252,19 +216,19 @@ impl Walker<'_, '_> {
             if self.portable.is_none() {
                 // A change of extended attributes moves ctime, so an unchanged file's are the
                 // parent's: one listxattr call less per file (an eighth of night 2's time).
-                match pnode {
-                    Some(p) if same => node.xattrs = p.xattrs.clone(),
+                match (at, parent.as_deref_mut()) {
+                    (Some(i), Some(t)) if same => node.xattrs = std::mem::take(&mut t.nodes[i].xattrs),
                     _ => xattrs(&mut node),
                 }
             }
             match node.kind() {
                 NodeKind::Dir => {
                     let root_dev = root_dev.or(Some(meta.dev()));
-                    let psub = self.parent_subtree(pnode);
+                    let mut psub = self.parent_subtree(at.and_then(|i| parent.as_deref().map(|t| &t.nodes[i])));
                     let slot = match sel {
                         Some(s) if !s.whole => {
                             let children = s.children.iter().map(|(n, s)| (n.clone(), Some(s), None)).collect();
-                            self.dir(&path, children, psub.as_ref(), None)?
+                            self.dir(&path, children, psub.as_mut(), None)?
                         }
                         _ => {
                             if self.opts.one_file_system && root_dev != Some(meta.dev()) {
@@ -273,7 +237,7 @@ impl Walker<'_, '_> {
                                 continue;
                             } else {
                                 match self.list(&path) {
-                                    Ok(children) => self.dir(&path, children, psub.as_ref(), root_dev)?,
+                                    Ok(children) => self.dir(&path, children, psub.as_mut(), root_dev)?,
                                     Err(e) => {
                                         self.error(format!("{}: {e}", path.display()));
                                         self.empty()?
@@ -290,11 +254,12 @@ impl Walker<'_, '_> {
                     if same {
                         // Whether the parent's chunks are all still there (and not condemned by
                         // a prune) is asked for the whole directory at once, below.
-                        node.content = pnode.unwrap().content.clone();
+                        let t = parent.as_deref_mut().expect("an unchanged file has a parent tree");
+                        node.content = std::mem::take(&mut t.nodes[at.expect("and a node in it")].content);
                         unchanged.push((pending.len(), path, meta));
                         pending.push(Pending::Ready(node));
                     } else {
-                        let new = pnode.is_none();
+                        let new = at.is_none();
                         pending.push(self.read_file(node, path, meta, new)?);
                     }
                 }
@@ -446,28 +411,30 @@ impl Walker<'_, '_> {
         Ok(())
     }
 
-    /// A directory's entries, sorted, minus exclusions.
-    /// The entries of `dir`, sorted by name, with their metadata read through the directory's
-    /// handle (`statx` on the open directory and a name: no path walk from the root for every
-    /// file, which was a seventh of night 2's time on a tree of small files).
+    /// The entries of `dir`, sorted by name, minus exclusions, with their metadata: from the
+    /// lookahead when it listed `dir` next, else listed here.
     fn list(&self, dir: &Path) -> std::io::Result<Vec<Listed<'static>>> {
-        let mut entries: Vec<(OsString, Option<fs::Metadata>)> = Vec::new();
-        for e in fs::read_dir(dir)? {
-            let e = e?;
-            // An entry that cannot be looked at this way is looked at again by path, which
-            // reports the error against the file.
-            entries.push((e.file_name(), e.metadata().ok()));
-        }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(entries
-            .into_iter()
-            .filter(|(n, _)| !self.excluded(&dir.join(n)))
-            .map(|(n, m)| (n.into_vec(), None, m))
-            .collect())
+        let entries = match self.lookahead.and_then(|l| l.take(dir)) {
+            Some(listed) => listed?,
+            None => self.filter.list(dir)?,
+        };
+        Ok(entries.into_iter().map(|(n, m)| (n, None, m)).collect())
     }
 }
 
-fn read_file(job: &Job, chunker: &Chunker, packer: &Packer, flight: &Flight, opts: &BackupOptions) -> Result<FileRead> {
+/// The file chunker, and the dump chunker for files that [`looks_like_dump`] says are dumps.
+struct Chunkers {
+    files: Chunker,
+    dumps: Chunker,
+}
+
+fn read_file(
+    job: &Job,
+    chunkers: &Chunkers,
+    packer: &Packer,
+    flight: &Flight,
+    opts: &BackupOptions,
+) -> Result<FileRead> {
     let ctx = || job.path.display().to_string();
     let open = |flags: i32| OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | flags).open(&job.path);
     // O_NOATIME keeps backups from touching access times; it is refused on files we do not own.
@@ -476,6 +443,14 @@ fn read_file(job: &Job, chunker: &Chunker, packer: &Packer, flight: &Flight, opt
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0).map_err(|e| RepoError::io(ctx(), e))?,
         Err(e) => return Err(RepoError::io(ctx(), e)),
     };
+    let mut chunker = &chunkers.files;
+    if job.before.size() >= DUMP_SNIFF_MIN {
+        let mut head = [0u8; DUMP_HEAD];
+        let n = f.read_at(&mut head, 0).map_err(|e| RepoError::io(ctx(), e))?;
+        if looks_like_dump(&head[..n]) {
+            chunker = &chunkers.dumps;
+        }
+    }
     let progress = &opts.progress;
     let chunked = chunk_stream(&mut f, chunker, packer, flight, &opts.cancel, &|n| {
         progress.bytes_read.fetch_add(n, Relaxed);
@@ -497,32 +472,20 @@ fn read_file(job: &Job, chunker: &Chunker, packer: &Packer, flight: &Flight, opt
 
 /// Backs up `paths` and commits a snapshot.
 pub fn backup_paths(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result<BackupResult> {
+    backup_listed(repo, Lookahead::start(paths, opts)?, opts)
+}
+
+/// Backs up the paths of `lookahead` (started by [`Lookahead::start`], before the repository
+/// was opened when the caller could) and commits a snapshot.
+pub fn backup_listed(repo: &Repository, lookahead: Lookahead, opts: &BackupOptions) -> Result<BackupResult> {
     let started = Instant::now();
-    if paths.is_empty() {
-        return Err(RepoError::Invalid("no paths to back up".into()));
-    }
-    let mut root = Selection::default();
-    let mut shown = Vec::new();
-    for p in paths {
-        let abs = normalize(p)?;
-        fs::symlink_metadata(&abs).map_err(|e| RepoError::io(format!("{}", p.display()), e))?;
-        shown.push(abs.display().to_string());
-        let mut s = &mut root;
-        for c in abs.components().skip(1) {
-            s = s.children.entry(c.as_os_str().as_bytes().to_vec()).or_default();
-        }
-        s.whole = true;
-    }
-    if root.whole {
-        // "/" itself was named.
-        root.children.clear();
-    }
-    shown.sort();
-    shown.dedup();
-    let (excludes, basename_excludes) = build_globs(&opts.excludes)?;
+    let filter = Filter::new(opts)?;
+    // Listings made by other rules than these would be wrong, not only late.
+    let ahead = lookahead.agrees(opts).then_some(&lookahead);
+    let (root, shown) = (&lookahead.selection, &lookahead.shown);
     let parent =
-        super::parent(repo, opts, &|s| s.source_kind == SOURCE_KIND && s.host == opts.host && s.paths == shown)?;
-    let (parent_tree, parent_files) = match parent {
+        super::parent(repo, opts, &|s| s.source_kind == SOURCE_KIND && s.host == opts.host && s.paths == *shown)?;
+    let (mut parent_tree, parent_files) = match parent {
         Some(p) => {
             let snap = repo.find_snapshot(&p.to_hex(), &|_| true)?;
             let s = &snap.snapshot.summary;
@@ -532,15 +495,17 @@ pub fn backup_paths(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) 
     };
     super::locked(repo, opts, |session| {
         let ((tree, summary, warnings), stats) = Packer::run(repo, repo.storage().connections(), |packer| {
-            walk(packer, opts, excludes, basename_excludes, None, parent_files, |walker| {
+            walk(packer, opts, &filter, ahead, None, parent_files, |walker| {
                 if root.whole {
+                    // Everything under "/" is on the root's file system (--one-file-system).
+                    let dev = fs::symlink_metadata("/").map_err(|e| RepoError::io("/", e))?.dev();
                     walker
                         .list(Path::new("/"))
                         .map_err(|e| RepoError::io("/", e))
-                        .and_then(|children| walker.dir(Path::new("/"), children, parent_tree.as_ref(), None))
+                        .and_then(|children| walker.dir(Path::new("/"), children, parent_tree.as_mut(), Some(dev)))
                 } else {
                     let children = root.children.iter().map(|(n, s)| (n.clone(), Some(s), None)).collect();
-                    walker.dir(Path::new("/"), children, parent_tree.as_ref(), None)
+                    walker.dir(Path::new("/"), children, parent_tree.as_mut(), None)
                 }
             })
         })?;
@@ -565,24 +530,27 @@ pub fn backup_paths(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) 
 fn walk(
     packer: &Packer,
     opts: &BackupOptions,
-    excludes: GlobSet,
-    basename_excludes: GlobSet,
+    filter: &Filter,
+    lookahead: Option<&Lookahead>,
     portable: Option<i64>,
     parent_files: u64,
     start: impl FnOnce(&Walker) -> Result<usize>,
 ) -> Result<(Id, Summary, Vec<String>)> {
     let repo = packer.repo();
-    let chunker = Chunker::new(repo.config().files_chunker, repo.keys());
+    let chunkers = Chunkers {
+        files: Chunker::new(repo.config().files_chunker, repo.keys()),
+        dumps: Chunker::new(repo.config().dumps_chunker, repo.keys()),
+    };
     let flight = Flight::new(FLIGHT_BYTES);
     let readers = opts.readers.max(1);
     let (jobs_tx, jobs_rx) = bounded::<Job>(256);
     std::thread::scope(|s| {
         for _ in 0..readers {
             let rx = jobs_rx.clone();
-            let (chunker, flight) = (&chunker, &flight);
+            let (chunkers, flight) = (&chunkers, &flight);
             s.spawn(move || {
                 for job in rx {
-                    let r = read_file(&job, chunker, packer, flight, opts);
+                    let r = read_file(&job, chunkers, packer, flight, opts);
                     let _ = job.reply.send(r);
                 }
             });
@@ -590,8 +558,8 @@ fn walk(
         let walker = Walker {
             packer,
             opts,
-            excludes,
-            basename_excludes,
+            filter,
+            lookahead,
             names: Names::default(),
             jobs: jobs_tx,
             summary: Mutex::new(Summary::default()),
@@ -611,12 +579,13 @@ fn walk(
 }
 
 /// Stores the content of directory `dir` as a tree of its own (paths relative to `dir`), its
-/// nodes in portable form, against the tree `parent`. Returns the tree, the summary, warnings,
+/// nodes in portable form, against the tree `parent` (which it takes unchanged files' contents
+/// out of). Returns the tree, the summary, warnings,
 /// and `dir`'s own metadata (portable).
 pub(crate) fn tree_of_dir(
     packer: &Packer,
     dir: &Path,
-    parent: Option<&Tree>,
+    parent: Option<&mut Tree>,
     opts: &BackupOptions,
     started_ns: i64,
 ) -> Result<(Id, Summary, Vec<String>, Node)> {
@@ -626,10 +595,11 @@ pub(crate) fn tree_of_dir(
     }
     let mut root = node_from_metadata(b"", &meta, &Names::default());
     super::volume::portable(&mut root);
-    let (excludes, basename_excludes) = build_globs(&opts.excludes)?;
+    let filter = Filter::new(opts)?;
+    let lookahead = Lookahead::start(&[dir.to_path_buf()], opts)?;
     // Files modified in the second before the walk started, or later, are always read.
     let racy = (started_ns.div_euclid(1_000_000_000) - 1) * 1_000_000_000;
-    let (tree, summary, warnings) = walk(packer, opts, excludes, basename_excludes, Some(racy), 0, |walker| {
+    let (tree, summary, warnings) = walk(packer, opts, &filter, Some(&lookahead), Some(racy), 0, |walker| {
         let children = walker.list(dir).map_err(|e| RepoError::io(dir.display().to_string(), e))?;
         walker.dir(dir, children, parent, Some(meta.dev()).filter(|_| opts.one_file_system))
     })?;

@@ -4,6 +4,7 @@
 
 pub mod content;
 pub mod fs;
+pub mod listing;
 pub mod stream;
 pub mod tar;
 pub mod treebuild;

@@ -93,7 +93,7 @@ pub fn backup_dir(repo: &Repository, dir: &Path, kind: &str, name: &str, opts: &
     let started = Instant::now();
     let started_ns = now_ns();
     let parent = super::parent(repo, opts, &|s| s.source_kind == kind && s.source_name == name && s.host == opts.host)?;
-    let parent_tree = match parent {
+    let mut parent_tree = match parent {
         Some(p) => match repo.find_snapshot(&p.to_hex(), &|_| true).and_then(|s| repo.load_tree(&s.snapshot.tree)) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -105,7 +105,7 @@ pub fn backup_dir(repo: &Repository, dir: &Path, kind: &str, name: &str, opts: &
     };
     super::locked(repo, opts, |session| {
         let ((tree, summary, warnings, root), stats) = Packer::run(repo, repo.storage().connections(), |packer| {
-            super::fs::tree_of_dir(packer, dir, parent_tree.as_ref(), opts, started_ns)
+            super::fs::tree_of_dir(packer, dir, parent_tree.as_mut(), opts, started_ns)
         })?;
         let o = with_root(opts, Some(&root));
         commit(session, repo, &o, kind, name, vec![], parent, tree, summary, stats, started, warnings)
