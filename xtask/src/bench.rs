@@ -133,9 +133,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let dump2 = dumps.join("night2.sql");
     make_dumps(&work, a.scale, &dump1, &dump2)?;
 
-    let data = work.join("data");
-    let tree = data.join("tree");
-    let dump = data.join("pgbench.sql");
+    clear_leftovers(&work, &tools)?;
     let logs = work.join("logs");
     fs::create_dir_all(&logs)?;
 
@@ -144,15 +142,17 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut workload = Value::Null;
     for tool in &tools {
         println!("\n=== {} ({}) ===", tool.name, tool.version);
-        // Night 1, fresh for every tool.
-        remove(&data)?;
+        // Night 1, a fresh copy for every tool (see `clear_leftovers` for why nothing is
+        // deleted until all tools have run).
+        let data = work.join(format!("data-{}", tool.name));
+        let tree = data.join("tree");
+        let dump = data.join("pgbench.sql");
         fs::create_dir_all(&data)?;
         cmd::run(&mut cmd::new("cp", &["-a", "--", &s(&tree_src), &s(&tree)]))?;
         fs::copy(&dump1, &dump)?;
         let night1 = tree_size(&tree)?;
 
         let tdir = work.join("tools").join(&tool.name);
-        remove(&tdir)?;
         fs::create_dir_all(tdir.join("home"))?;
         let repo = tdir.join("repo");
         let restore_dir = tdir.join("restore");
@@ -231,9 +231,11 @@ pub fn run(args: &[String]) -> Result<()> {
         if let Some(r) = rows.last_mut() {
             r.step = if bad.is_empty() { "restore".into() } else { "restore!".into() };
         }
-        remove(&restore_dir)?;
     }
-    remove(&data)?;
+    for tool in &tools {
+        remove(&work.join(format!("data-{}", tool.name)))?;
+        remove(&work.join("tools").join(&tool.name).join("restore"))?;
+    }
 
     let table = render(&rows, &skipped, &failures);
     println!("\n{table}");
@@ -272,6 +274,42 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 pub(crate) fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// Removes what an earlier run left in `work` for these tools, and then waits until ext4 uses
+/// the freed inodes again.
+///
+/// ext4 passes over inodes freed within the last `vm.dirty_expire_centisecs` (30 s by default)
+/// when it allocates new ones (`recently_deleted` in `fs/ext4/ialloc.c`). A restore of 43,000
+/// files right after a tree of that size was deleted took 21 to 28 s instead of 2 to 3 s, most
+/// of it in the kernel (PERFORMANCE.md, "Restore"). So the bench deletes nothing while it
+/// measures: leftovers go first and are waited out, every tool gets its own copy of the data,
+/// and the copies and restores are removed after the last tool.
+fn clear_leftovers(work: &Path, tools: &[Tool]) -> Result<()> {
+    let mut gone = vec![work.join("data")];
+    for t in tools {
+        gone.push(work.join(format!("data-{}", t.name)));
+        gone.push(work.join("tools").join(&t.name));
+    }
+    let mut removed = false;
+    for p in gone.iter().filter(|p| p.exists()) {
+        remove(p)?;
+        removed = true;
+    }
+    if removed {
+        cmd::run(&mut cmd::new("sync", &[]))?;
+        let centis = fs::read_to_string("/proc/sys/vm/dirty_expire_centisecs")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(3000);
+        let wait = std::time::Duration::from_millis(centis * 10 + 2000);
+        println!(
+            "waiting {:.0} s after removing an earlier run's files (ext4 reuses freed inodes late)",
+            wait.as_secs_f64()
+        );
+        std::thread::sleep(wait);
+    }
+    Ok(())
 }
 
 /// Removes a directory tree; one that is not there is fine.
