@@ -1,6 +1,8 @@
 //! Turning a byte stream into content: read, cut (keyed FastCDC), hash and deduplicate on the
 //! reading thread, then compress and encrypt new chunks on the rayon pool while reading goes
-//! on. Memory stays bounded: at most [`Flight`]'s budget of chunk bytes is in the air, and
+//! on. A free pool thread also takes the larger part of a dump block's cutting and hashing
+//! while the reader reads the next block (`cut_block`); the cuts are the single thread's.
+//! Memory stays bounded: at most [`Flight`]'s budget of chunk bytes is in the air, and
 //! chunk-id lists of huge inputs go to list blobs as they fill.
 
 use std::io::{self, Read};
@@ -11,7 +13,7 @@ use bytes::Bytes;
 
 use hoard_core::format::tree::{encode_list, Content, INLINE_CHUNKS, LIST_CHUNKS};
 use hoard_core::format::BlobType;
-use hoard_core::{Chunker, Id};
+use hoard_core::{Chunker, Id, Keys};
 
 use crate::error::{RepoError, Result};
 use crate::packer::Packer;
@@ -131,6 +133,161 @@ pub fn looks_like_dump(head: &[u8]) -> bool {
         || head.starts_with(b"-- MariaDB dump ")
 }
 
+/// A chunk of a block: where it starts, its length, its id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cut {
+    start: usize,
+    len: usize,
+    id: Id,
+}
+
+/// Cuts and hashes `block` from `start` for as long as the chunker can decide (to the end with
+/// `eof`, else while at least a maximum chunk is left); returns where it stopped. With `until`,
+/// stops at the first chunk boundary at or past it instead.
+fn cut_from(
+    block: &[u8],
+    mut start: usize,
+    eof: bool,
+    until: Option<usize>,
+    chunker: &Chunker,
+    keys: &Keys,
+    out: &mut Vec<Cut>,
+) -> usize {
+    while until.is_none_or(|u| start < u) {
+        let Some(len) = chunker.cut(&block[start..], eof) else { break };
+        out.push(Cut { start, len, id: keys.blob_id(&block[start..start + len]) });
+        start += len;
+    }
+    start
+}
+
+/// The second half of a block, cut by a pool thread while the reader cuts the first: taken by
+/// whichever of the two gets to it first, so a busy pool never makes the reader wait.
+struct Ahead {
+    taken: AtomicBool,
+    cuts: Mutex<Option<Vec<Cut>>>,
+    done: Condvar,
+}
+
+impl Ahead {
+    /// The pool's side: cut from `mid` unless the reader took the work back first.
+    fn run(&self, work: impl FnOnce() -> Vec<Cut>) {
+        if self.taken.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Whatever happens in `work`, the reader must not wait forever: a panic leaves an empty
+        // list (the reader then cuts on alone) and goes on to the scope, which rethrows it.
+        struct Publish<'a>(&'a Ahead, Vec<Cut>);
+        impl Drop for Publish<'_> {
+            fn drop(&mut self) {
+                *self.0.cuts.lock().unwrap() = Some(std::mem::take(&mut self.1));
+                self.0.done.notify_all();
+            }
+        }
+        let mut publish = Publish(self, Vec::new());
+        publish.1 = work();
+    }
+
+    /// The reader's side: true if it took the work back before the pool started on it.
+    fn reclaim(&self) -> bool {
+        !self.taken.swap(true, Ordering::AcqRel)
+    }
+
+    /// The reader's side once the pool has the work: its cuts, when done.
+    fn wait(&self) -> Vec<Cut> {
+        let mut cuts = self.cuts.lock().unwrap();
+        loop {
+            if let Some(c) = cuts.take() {
+                return c;
+            }
+            cuts = self.done.wait(cuts).unwrap();
+        }
+    }
+}
+
+/// Cuts one block into `out` and returns where the uncut tail starts. Large enough blocks are
+/// cut from both ends of a split point at once: a pool thread cuts from the middle as if a
+/// chunk started there, the reader from the start up to the middle and then until one of its
+/// boundaries is one of the pool's. A cut depends only on the bytes from its chunk's start, so
+/// from that shared boundary on the pool's chunks are exactly the reader's; until then the
+/// reader's own are used. The cuts are the ones a single thread makes, whoever wins.
+///
+/// While the pool cuts its part, the reader calls `meanwhile` (it reads the next block), so the
+/// pool is given the larger part. When the pool is busy (a night of new data, with chunks to
+/// seal), the reader takes its part back and cuts the block alone, as if it had not split.
+fn cut_block<'s>(
+    scope: &rayon::Scope<'s>,
+    block: &Bytes,
+    eof: bool,
+    chunker: &'s Chunker,
+    keys: &'s Keys,
+    out: &mut Vec<Cut>,
+    meanwhile: &mut dyn FnMut(),
+) -> usize {
+    let p = chunker.params();
+    let (avg, max) = (p.avg as usize, p.max as usize);
+    let end = if eof { block.len() } else { block.len().saturating_sub(max) };
+    let mid = end / 3;
+    // The pool's half should hold enough chunks for the two to meet early in it.
+    if end - mid < SPLIT_CHUNKS * avg {
+        return cut_from(block, 0, eof, None, chunker, keys, out);
+    }
+    let ahead =
+        std::sync::Arc::new(Ahead { taken: AtomicBool::new(false), cuts: Mutex::new(None), done: Condvar::new() });
+    {
+        let (ahead, block) = (ahead.clone(), block.clone());
+        scope.spawn(move |_| {
+            ahead.run(|| {
+                let mut v = Vec::with_capacity((block.len() - mid) / avg * 2);
+                cut_from(&block, mid, eof, None, chunker, keys, &mut v);
+                v
+            })
+        });
+    }
+    let start = cut_from(block, 0, eof, Some(mid), chunker, keys, out);
+    if ahead.reclaim() {
+        return cut_from(block, start, eof, None, chunker, keys, out);
+    }
+    meanwhile();
+    meet(block, start, &ahead.wait(), eof, chunker, keys, out)
+}
+
+/// The reader, at `start` (a boundary at or past the split point), cuts on until one of its
+/// boundaries is one of `theirs`, takes the rest of `theirs`, and returns where they end. If
+/// the two never meet, the reader cuts to the end alone.
+fn meet(
+    block: &[u8],
+    mut start: usize,
+    theirs: &[Cut],
+    eof: bool,
+    chunker: &Chunker,
+    keys: &Keys,
+    out: &mut Vec<Cut>,
+) -> usize {
+    let mut k = 0;
+    loop {
+        while k < theirs.len() && theirs[k].start < start {
+            k += 1;
+        }
+        if k == theirs.len() {
+            return cut_from(block, start, eof, None, chunker, keys, out);
+        }
+        if theirs[k].start == start {
+            out.extend_from_slice(&theirs[k..]);
+            let last = theirs[theirs.len() - 1];
+            return last.start + last.len;
+        }
+        let Some(len) = chunker.cut(&block[start..], eof) else { return start };
+        out.push(Cut { start, len, id: keys.blob_id(&block[start..start + len]) });
+        start += len;
+    }
+}
+
+/// A block is split between the reader and a pool thread only when the pool's half holds at
+/// least this many average chunks (dump blocks do; a file chunker's block of 2 maximum chunks
+/// and 1 MiB does not).
+const SPLIT_CHUNKS: usize = 8;
+
 /// Reads into `v` until it holds `want` more bytes or the input ends; returns how many it read.
 fn fill(r: &mut dyn Read, v: &mut Vec<u8>, want: usize) -> Result<usize> {
     // `Take::read_to_end` reads into the spare capacity without zeroing it first for a file or
@@ -167,7 +324,7 @@ pub fn chunk_stream(
     // bytes later, so the chunker always has a whole chunk's worth to look at. The sealing
     // workers get their chunks as slices of the block, not copies: a block lives until its
     // last chunk is sealed, and `flight` bounds how many are.
-    let block_len = 2 * max + (1 << 20);
+    let block_len = (2 * max + (1 << 20)).max(3 << 20);
     let mut ids = ContentBuilder::new();
     let mut size = 0u64;
     let failed: Mutex<Option<RepoError>> = Mutex::new(None);
@@ -208,27 +365,35 @@ pub fn chunk_stream(
     }
     let mut eof = n < block_len;
     let mut block = Bytes::from(first);
+    let mut cuts = Vec::new();
+    // The next block's new bytes, read while a pool thread cuts part of this one: they go after
+    // `max` bytes of room for this block's uncut tail, which is not known until the cutting ends.
+    let mut ahead: Option<(Vec<u8>, Result<usize>)> = None;
+    let raw_len = block_len - max;
     let result = rayon::in_place_scope(|s| -> Result<()> {
         loop {
-            let mut start = 0;
-            while let Some(n) = chunker.cut(&block[start..], eof) {
-                let id = keys.blob_id(&block[start..start + n]);
+            cuts.clear();
+            let start = cut_block(s, &block, eof, chunker, keys, &mut cuts, &mut || {
+                if !eof && !cancel.load(Ordering::Relaxed) {
+                    let mut next = Vec::with_capacity(block_len);
+                    next.resize(max, 0);
+                    let n = fill(r, &mut next, raw_len);
+                    ahead = Some((next, n));
+                }
+            });
+            for &Cut { start, len, id } in &cuts {
                 if packer.claim(&id)? {
-                    let data = block.slice(start..start + n);
-                    flight.acquire(n);
+                    let data = block.slice(start..start + len);
+                    flight.acquire(len);
                     let failed = &failed;
                     s.spawn(move |_| {
                         if let Err(e) = packer.store(BlobType::Data, id, &data) {
                             failed.lock().unwrap().get_or_insert(e);
                         }
-                        flight.release(n);
+                        flight.release(len);
                     });
                 }
                 ids.push(id, packer)?;
-                start += n;
-                if !eof && block.len() - start < max {
-                    break;
-                }
             }
             if eof {
                 return Ok(());
@@ -239,14 +404,26 @@ pub fn chunk_stream(
             if packer.failed() {
                 return Err(RepoError::Invalid("storage failed; see the error below".into()));
             }
-            let mut next = Vec::with_capacity(block_len);
-            next.extend_from_slice(&block[start..]);
-            let want = block_len - next.len();
-            let n = fill(r, &mut next, want)?;
+            let tail = &block[start..];
+            let (next, n, want) = match ahead.take() {
+                Some((mut next, n)) => {
+                    let n = n?;
+                    let from = max - tail.len();
+                    next[from..max].copy_from_slice(tail);
+                    (Bytes::from(next).slice(from..), n, raw_len)
+                }
+                None => {
+                    let mut next = Vec::with_capacity(block_len);
+                    next.extend_from_slice(tail);
+                    let want = block_len - next.len();
+                    let n = fill(r, &mut next, want)?;
+                    (Bytes::from(next), n, want)
+                }
+            };
             size += n as u64;
             on_read(n as u64);
             eof = n < want;
-            block = Bytes::from(next);
+            block = next;
         }
     });
     if let Some(e) = failed.into_inner().unwrap() {
@@ -254,4 +431,56 @@ pub fn chunk_stream(
     }
     result?;
     Ok(Chunked { content: ids.finish(packer)?, size })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hoard_core::ChunkerParams;
+
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut v);
+        v
+    }
+
+    /// Whatever the split point, a reader that meets the pool's cuts ends with exactly the cuts
+    /// and ids one thread makes alone, and stops where it does.
+    #[test]
+    fn cutting_from_both_ends_gives_the_single_thread_cuts() {
+        let keys = hoard_core::MasterKey::generate().keys();
+        let chunker = Chunker::new(ChunkerParams::DUMPS, &keys);
+        let max = ChunkerParams::DUMPS.max as usize;
+        let mut met = 0;
+        for seed in 0..24u64 {
+            // Low-entropy data (repeated short records) as well as noise: the chunker's min
+            // and max rules both come into play.
+            let mut block = noise(seed, 900 << 10);
+            if seed % 2 == 1 {
+                for (i, b) in block.iter_mut().enumerate() {
+                    *b = if i % 97 < 90 { b' ' } else { *b % 16 + b'0' };
+                }
+            }
+            for eof in [false, true] {
+                let mut alone = Vec::new();
+                let end_alone = cut_from(&block, 0, eof, None, &chunker, &keys, &mut alone);
+                for mid in [1usize, 4096, 100_000, 333_333, 450_000, block.len() - max - 1] {
+                    let mut theirs = Vec::new();
+                    cut_from(&block, mid, eof, None, &chunker, &keys, &mut theirs);
+                    let mut ours = Vec::new();
+                    let start = cut_from(&block, 0, eof, Some(mid), &chunker, &keys, &mut ours);
+                    let before = ours.len();
+                    let end = meet(&block, start, &theirs, eof, &chunker, &keys, &mut ours);
+                    assert_eq!(ours, alone, "seed {seed} mid {mid} eof {eof}");
+                    assert_eq!(end, end_alone);
+                    // Met within the pool's first three chunks.
+                    let tail = &theirs[theirs.len().min(3)..];
+                    met += usize::from(ours.len() > before && !tail.is_empty() && ours.ends_with(tail));
+                }
+            }
+        }
+        // The two must usually meet early: otherwise the split saves nothing.
+        eprintln!("met in {met} of 288 splits");
+        assert!(met > 200, "met in {met} of 288 splits");
+    }
 }
