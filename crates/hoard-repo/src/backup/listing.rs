@@ -36,12 +36,6 @@ const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55"
 /// usual size; a single larger directory is still handed over whole.
 pub(crate) const LOOKAHEAD_ENTRIES: usize = 4 * 1024;
 
-/// The budget until the walk takes its first listing. `hoard backup` starts the lister before
-/// it derives the password's key, which keeps one core busy for a tenth of a second or more
-/// while the other has nothing to do but list: up to this many entries (about 7 MiB) are listed
-/// in that time, and the walk then finds them ready.
-pub(crate) const HEAD_START_ENTRIES: usize = 32 * 1024;
-
 /// A directory entry: its name and its metadata (`None` when it could not be looked at through
 /// the directory; the walk then looks again by path, and reports the error against the file).
 pub(crate) type Entry = (Vec<u8>, Option<fs::Metadata>);
@@ -180,23 +174,6 @@ struct Queue {
     finished: bool,
     /// The walk needs no more listings (it finished, failed, or lost step with the lister).
     closed: bool,
-    /// The walk has taken a listing: the budget is the walk-time one from now on.
-    walking: bool,
-}
-
-/// Entries the lister may hold that the walk has not taken: before the walk's first take, and
-/// after.
-#[derive(Clone, Copy)]
-struct Budget {
-    head_start: usize,
-    walking: usize,
-}
-
-impl Budget {
-    #[cfg(test)]
-    fn fixed(n: usize) -> Budget {
-        Budget { head_start: n, walking: n }
-    }
 }
 
 struct Shared {
@@ -207,13 +184,10 @@ struct Shared {
 impl Shared {
     /// Hands a listing to the walk, waiting while the queue is over its budget; `false` when
     /// the walk wants no more.
-    fn push(&self, dir: PathBuf, listed: io::Result<Vec<Entry>>, budget: Budget) -> bool {
+    fn push(&self, dir: PathBuf, listed: io::Result<Vec<Entry>>, budget: usize) -> bool {
         let n = listed.as_ref().map_or(1, |v| v.len().max(1));
         let mut q = self.queue.lock().unwrap();
-        while !q.closed
-            && !q.items.is_empty()
-            && q.entries + n > if q.walking { budget.walking } else { budget.head_start }
-        {
+        while !q.closed && !q.items.is_empty() && q.entries + n > budget {
             q = self.changed.wait(q).unwrap();
         }
         if q.closed {
@@ -254,11 +228,10 @@ impl Lookahead {
     /// that does not parse.
     pub fn start(paths: &[PathBuf], opts: &BackupOptions) -> Result<Lookahead> {
         let (selection, shown) = select(paths)?;
-        let budget = Budget { head_start: HEAD_START_ENTRIES, walking: LOOKAHEAD_ENTRIES };
-        Lookahead::over(selection, shown, opts, budget)
+        Lookahead::over(selection, shown, opts, LOOKAHEAD_ENTRIES)
     }
 
-    fn over(selection: Selection, shown: Vec<String>, opts: &BackupOptions, budget: Budget) -> Result<Lookahead> {
+    fn over(selection: Selection, shown: Vec<String>, opts: &BackupOptions, budget: usize) -> Result<Lookahead> {
         let mut roots = Vec::new();
         roots_of(&selection, Path::new("/"), &mut roots);
         let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), changed: Condvar::new() });
@@ -298,7 +271,6 @@ impl Lookahead {
     /// list it itself (the lister went elsewhere, or has stopped).
     pub(crate) fn take(&self, dir: &Path) -> Option<io::Result<Vec<Entry>>> {
         let mut q = self.shared.queue.lock().unwrap();
-        q.walking = true;
         loop {
             if q.closed {
                 return None;
@@ -350,7 +322,7 @@ fn roots_of(sel: &Selection, path: &Path, out: &mut Vec<PathBuf>) {
 struct Lister {
     filter: Filter,
     shared: Arc<Shared>,
-    budget: Budget,
+    budget: usize,
 }
 
 impl Lister {
@@ -442,7 +414,7 @@ mod tests {
         // A budget far below the tree's size: the lister must wait for the walk and go on.
         for budget in [1, 3, LOOKAHEAD_ENTRIES] {
             let (sel, shown) = select(std::slice::from_ref(&root)).unwrap();
-            let la = Lookahead::over(sel, shown, &opts(), Budget::fixed(budget)).unwrap();
+            let la = Lookahead::over(sel, shown, &opts(), budget).unwrap();
             let filter = Filter::new(&opts()).unwrap();
             let mut seen = Vec::new();
             let dev = fs::metadata(&root).unwrap().dev();
@@ -455,28 +427,6 @@ mod tests {
         }
     }
 
-    /// Before the walk's first take the lister may go past its walking budget (the walk is
-    /// waiting for the password's key): with a head start of the whole tree and a walking
-    /// budget of one entry, it lists everything before the walk asks, and the walk lists nothing
-    /// itself.
-    #[test]
-    fn the_lister_lists_ahead_while_the_walk_has_not_started() {
-        let t = tree();
-        let root = t.path().to_path_buf();
-        let (sel, shown) = select(std::slice::from_ref(&root)).unwrap();
-        let la = Lookahead::over(sel, shown, &opts(), Budget { head_start: 1000, walking: 1 }).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !la.shared.queue.lock().unwrap().finished {
-            assert!(std::time::Instant::now() < deadline, "the lister stopped at its walking budget");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let listed = la.shared.queue.lock().unwrap().items.len();
-        assert_eq!(listed, 7, "every directory the walk enters, the root among them");
-        let filter = Filter::new(&opts()).unwrap();
-        let dev = fs::metadata(&root).unwrap().dev();
-        assert_eq!(walk(&la, &filter, &root, dev, &mut Vec::new()), 0);
-    }
-
     #[test]
     fn several_named_paths_are_listed_in_the_walks_order() {
         let t = tree();
@@ -484,7 +434,7 @@ mod tests {
         // Named out of order, one inside another's parent, one a file.
         let paths = [r.join("e"), r.join("a/d"), r.join("top"), r.join("a/b")];
         let (sel, shown) = select(&paths).unwrap();
-        let la = Lookahead::over(sel, shown, &opts(), Budget::fixed(LOOKAHEAD_ENTRIES)).unwrap();
+        let la = Lookahead::over(sel, shown, &opts(), LOOKAHEAD_ENTRIES).unwrap();
         let filter = Filter::new(&opts()).unwrap();
         let mut seen = Vec::new();
         for d in ["a/b", "a/d", "e"] {
@@ -500,7 +450,7 @@ mod tests {
         let t = tree();
         let root = t.path().to_path_buf();
         let (sel, shown) = select(std::slice::from_ref(&root)).unwrap();
-        let la = Lookahead::over(sel, shown, &opts(), Budget::fixed(LOOKAHEAD_ENTRIES)).unwrap();
+        let la = Lookahead::over(sel, shown, &opts(), LOOKAHEAD_ENTRIES).unwrap();
         assert!(la.take(&root).is_some());
         // The walk skips "a" (as if it had become a file since the lister looked).
         assert!(la.take(&root.join("e")).is_none());
@@ -516,7 +466,7 @@ mod tests {
         }
         let (sel, shown) = select(&[t.path().to_path_buf()]).unwrap();
         // The lister blocks at its budget after the first listing; dropping must not hang.
-        let la = Lookahead::over(sel, shown, &opts(), Budget::fixed(1)).unwrap();
+        let la = Lookahead::over(sel, shown, &opts(), 1).unwrap();
         assert!(la.take(t.path()).is_some());
         drop(la);
     }
