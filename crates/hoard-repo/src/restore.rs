@@ -266,7 +266,7 @@ impl Restorer<'_> {
             NodeKind::Symlink => {
                 create_fresh(path, || std::os::unix::fs::symlink(OsStr::from_bytes(&node.link_target), path))
                     .map_err(ioe)?;
-                self.finish_meta(path, node, true).map_err(ioe)?;
+                self.finish_meta(path, At::Symlink, node).map_err(ioe)?;
                 self.summary.lock().unwrap().other += 1;
             }
             NodeKind::Fifo | NodeKind::Socket | NodeKind::CharDevice | NodeKind::BlockDevice => {
@@ -286,7 +286,7 @@ impl Restorer<'_> {
                     Ok(())
                 })
                 .map_err(ioe)?;
-                self.finish_meta(path, node, false).map_err(ioe)?;
+                self.finish_meta(path, At::Path, node).map_err(ioe)?;
                 self.summary.lock().unwrap().other += 1;
             }
             NodeKind::Dir => unreachable!(),
@@ -295,16 +295,28 @@ impl Restorer<'_> {
     }
 
     /// Owner, mode, xattrs, times: in that order, because chown clears set-id bits and
-    /// everything else changes ctime/mtime.
-    fn finish_meta(&self, path: &Path, node: &Node, symlink: bool) -> io::Result<()> {
+    /// everything else changes ctime/mtime. A file still open for writing is changed through
+    /// its descriptor: no path lookups, three fewer per file on a tree of small files.
+    fn finish_meta(&self, path: &Path, at: At<'_>, node: &Node) -> io::Result<()> {
+        use xattr::FileExt;
         if self.opts.owners {
-            std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?;
+            match at {
+                At::Open(f) => std::os::unix::fs::fchown(f, Some(node.uid), Some(node.gid))?,
+                _ => std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?,
+            }
         }
-        if !symlink {
-            fs::set_permissions(path, fs::Permissions::from_mode(node.mode & 0o7777))?;
+        let mode = fs::Permissions::from_mode(node.mode & 0o7777);
+        match at {
+            At::Open(f) => f.set_permissions(mode)?,
+            At::Path => fs::set_permissions(path, mode)?,
+            At::Symlink => {}
         }
         for (k, v) in &node.xattrs {
-            if let Err(e) = xattr::set(path, OsStr::from_bytes(k), v) {
+            let set = match at {
+                At::Open(f) => f.set_xattr(OsStr::from_bytes(k), v),
+                _ => xattr::set(path, OsStr::from_bytes(k), v),
+            };
+            if let Err(e) = set {
                 // Some attributes (security.*, trusted.*) need privileges; report but go on.
                 tracing::warn!(
                     "{}: extended attribute {} not restored: {e}",
@@ -317,7 +329,10 @@ impl Restorer<'_> {
             node.mtime_ns.div_euclid(1_000_000_000),
             node.mtime_ns.rem_euclid(1_000_000_000) as u32,
         );
-        filetime::set_symlink_file_times(path, t, t)
+        match at {
+            At::Open(f) => filetime::set_file_handle_times(f, Some(t), Some(t)),
+            _ => filetime::set_symlink_file_times(path, t, t),
+        }
     }
 
     fn write_file(&self, job: FileJob) -> Result<()> {
@@ -350,10 +365,19 @@ impl Restorer<'_> {
             // Trailing holes: the writes stopped at the last non-zero block.
             f.set_len(written).map_err(|e| RepoError::io(path.display().to_string(), e))?;
         }
-        drop(f);
-        self.finish_meta(path, &job.node, false).map_err(|e| RepoError::io(path.display().to_string(), e))?;
+        self.finish_meta(path, At::Open(&f), &job.node).map_err(|e| RepoError::io(path.display().to_string(), e))?;
         Ok(())
     }
+
+}
+
+/// What [`Restorer::finish_meta`] changes: a file still open, or by path a symlink (whose mode
+/// is not its own) or anything else.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Open(&'a std::fs::File),
+    Symlink,
+    Path,
 }
 
 /// Writes `data` at the current position, seeking over whole 4 KiB blocks of zeros so they
@@ -452,7 +476,7 @@ pub fn restore(repo: &Repository, node: &Node, opts: &RestoreOptions) -> Result<
     walk_result?;
     // Directory metadata last, deepest first, so writing children does not change it again.
     for (path, node) in dirs.iter().rev() {
-        if let Err(e) = r.finish_meta(path, node, false) {
+        if let Err(e) = r.finish_meta(path, At::Path, node) {
             r.error(format!("{}: {e}", path.display()));
         }
     }
