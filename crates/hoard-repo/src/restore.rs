@@ -368,7 +368,6 @@ impl Restorer<'_> {
         self.finish_meta(path, At::Open(&f), &job.node).map_err(|e| RepoError::io(path.display().to_string(), e))?;
         Ok(())
     }
-
 }
 
 /// What [`Restorer::finish_meta`] changes: a file still open, or by path a symlink (whose mode
