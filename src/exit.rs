@@ -96,7 +96,7 @@ fn storage_code(e: &hoard_storage::StorageError) -> i32 {
     match e.kind() {
         K::NoSpace => NO_SPACE,
         K::Temporary => STORAGE_UNAVAILABLE,
-        K::PermissionDenied => STORAGE_DENIED,
+        K::PermissionDenied | K::NoBucket => STORAGE_DENIED,
         _ => FAILURE,
     }
 }

@@ -8,6 +8,8 @@ pub enum ErrorKind {
     NotFound,
     AlreadyExists,
     PermissionDenied,
+    /// The bucket the repository is in does not exist (object storage).
+    NoBucket,
     /// The disk or quota is full.
     NoSpace,
     /// Worth retrying: timeouts, 5xx, throttling, connection resets.
@@ -67,6 +69,7 @@ impl fmt::Display for StorageError {
             ErrorKind::NotFound => "not found",
             ErrorKind::AlreadyExists => "already exists",
             ErrorKind::PermissionDenied => "permission denied",
+            ErrorKind::NoBucket => "no such bucket",
             ErrorKind::NoSpace => "no space left on the repository's storage",
             ErrorKind::Temporary => "temporary failure",
             ErrorKind::Other => "failed",

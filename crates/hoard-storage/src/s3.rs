@@ -247,7 +247,7 @@ fn classify(e: object_store::Error) -> Failure {
     let f = |kind, hint| (kind, hint, false);
     let (kind, hint, not_implemented) = match &e {
         E::NotFound { .. } if text.contains("NoSuchBucket") => {
-            f(ErrorKind::Other, Some("the bucket does not exist: create it first (hoard never creates buckets)"))
+            f(ErrorKind::NoBucket, Some("the bucket does not exist: create it first (hoard never creates buckets)"))
         }
         E::NotFound { .. } => f(ErrorKind::NotFound, None),
         E::AlreadyExists { .. } | E::Precondition { .. } => f(ErrorKind::AlreadyExists, None),
