@@ -814,7 +814,7 @@ mod tests {
         assert!(classify(generic("Server returned non-2xx status code: 501 Not Implemented")).not_implemented);
         let nf = |m: &str| object_store::Error::NotFound { path: "p".into(), source: m.to_string().into() };
         assert_eq!(k(nf("NoSuchKey")), ErrorKind::NotFound);
-        assert_eq!(k(nf("<Code>NoSuchBucket</Code>")), ErrorKind::Other);
+        assert_eq!(k(nf("<Code>NoSuchBucket</Code>")), ErrorKind::NoBucket);
         let pre = object_store::Error::Precondition { path: "p".into(), source: "x".to_string().into() };
         assert_eq!(k(pre), ErrorKind::AlreadyExists);
     }
