@@ -656,10 +656,12 @@ fn cmd_init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
     if let Some(c) = a.compression {
         opts.compression = c;
     }
+    let memory_kib = a.kdf_memory.unwrap_or(KdfParams::default().memory_kib);
     opts.kdf = KdfParams {
-        memory_kib: a.kdf_memory.unwrap_or(KdfParams::default().memory_kib),
+        memory_kib,
         iterations: a.kdf_iterations.unwrap_or(KdfParams::default().iterations),
-        ..KdfParams::default()
+        // argon2 needs 8 KiB per lane: fewer lanes for a tiny test setting than refuse it.
+        parallelism: (memory_kib / 8).clamp(1, KdfParams::default().parallelism),
     };
     opts.meta = KeyMeta { created_ns: now_ns(), host: hostname(), user: username() };
     // Refuse an existing repository before asking for a password.
