@@ -2,7 +2,7 @@
 //! real data, measured per tool and step.
 //!
 //! ```text
-//! cargo xtask bench [--work DIR] [--tree PATH] [--pgbench-scale N] [--tools LIST] [--no-install]
+//! cargo xtask bench [--work DIR] [--tree PATH] [--pgbench-scale N] [--tools LIST] [--rounds N] [--no-install]
 //! ```
 //!
 //! The workload: night 1 is a copy of a real file tree (default `/usr/share`) and a plain
@@ -18,6 +18,11 @@
 //! is timed (wall), and the child's user+sys CPU time and peak RSS come from `wait4`'s rusage; the
 //! repository's size is its `du`. One table is printed, with each tool's figures as a ratio to
 //! hoard's, and written as JSON to `<work>/results.json`.
+//!
+//! With `--rounds N` the whole sequence runs N times, the tools taking turns (hoard, restic,
+//! Borg, rustic, hoard, …), each round on fresh copies; the table then holds each figure's
+//! median over the rounds, and a second table every round's wall times. On a shared virtual
+//! machine single runs move by more than the differences being measured (PERFORMANCE.md).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -33,12 +38,13 @@ use serde_json::{json, Value};
 use crate::cmd;
 
 const USAGE: &str = "\
-usage: cargo xtask bench [--work DIR] [--tree PATH] [--pgbench-scale N] [--tools LIST] [--no-install]
+usage: cargo xtask bench [--work DIR] [--tree PATH] [--pgbench-scale N] [--tools LIST] [--rounds N] [--no-install]
 
   --work DIR          where everything goes (default target/bench); results in DIR/results.json
   --tree PATH         the real file tree of night 1 (default /usr/share)
   --pgbench-scale N   pgbench -i scale of the database dumped each night (default 20)
   --tools LIST        comma list of hoard, restic, borg, rustic (default: all four)
+  --rounds N          run everything N times, tools taking turns; report medians (default 1)
   --no-install        skip a missing tool instead of installing it (apt-get / cargo install)";
 
 const ALL_TOOLS: [&str; 4] = ["hoard", "restic", "borg", "rustic"];
@@ -55,6 +61,7 @@ struct Args {
     tree: PathBuf,
     scale: u32,
     tools: Vec<String>,
+    rounds: u32,
     no_install: bool,
 }
 
@@ -64,6 +71,7 @@ fn parse(args: &[String]) -> Result<Args> {
         tree: PathBuf::from("/usr/share"),
         scale: 20,
         tools: ALL_TOOLS.iter().map(|s| s.to_string()).collect(),
+        rounds: 1,
         no_install: false,
     };
     let mut it = args.iter();
@@ -86,6 +94,11 @@ fn parse(args: &[String]) -> Result<Args> {
                     }
                 }
                 ensure!(!a.tools.is_empty(), "--tools names no tool");
+            }
+            "--rounds" => {
+                let v = it.next().context("--rounds needs a number")?;
+                a.rounds = v.parse().with_context(|| format!("--rounds {v:?} is not a whole number"))?;
+                ensure!((1..=20).contains(&a.rounds), "--rounds must be 1 to 20");
             }
             "--no-install" => a.no_install = true,
             "-h" | "--help" => {
@@ -140,11 +153,18 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     let mut workload = Value::Null;
-    for tool in &tools {
-        println!("\n=== {} ({}) ===", tool.name, tool.version);
+    let runs = (1..=a.rounds).flat_map(|round| tools.iter().map(move |t| (round, t)));
+    for (round, tool) in runs {
+        // Every round's copies, repositories and logs have names of their own.
+        let run_name = if a.rounds > 1 { format!("{}-r{round}", tool.name) } else { tool.name.clone() };
+        if a.rounds > 1 {
+            println!("\n=== {} ({}), round {round} of {} ===", tool.name, tool.version, a.rounds);
+        } else {
+            println!("\n=== {} ({}) ===", tool.name, tool.version);
+        }
         // Night 1, a fresh copy for every tool (see `clear_leftovers` for why nothing is
         // deleted until all tools have run).
-        let data = work.join(format!("data-{}", tool.name));
+        let data = work.join(format!("data-{run_name}"));
         let tree = data.join("tree");
         let dump = data.join("pgbench.sql");
         fs::create_dir_all(&data)?;
@@ -152,15 +172,15 @@ pub fn run(args: &[String]) -> Result<()> {
         fs::copy(&dump1, &dump)?;
         let night1 = tree_size(&tree)?;
 
-        let tdir = work.join("tools").join(&tool.name);
+        let tdir = work.join("tools").join(&run_name);
         fs::create_dir_all(tdir.join("home"))?;
         let repo = tdir.join("repo");
         let restore_dir = tdir.join("restore");
         let paths = [tree.as_path(), dump.as_path()];
 
         let mut step = |step: &str, c: Command| -> Result<()> {
-            let m = measure(c, &logs.join(format!("{}-{step}.log", tool.name)))
-                .with_context(|| format!("{} {step}", tool.name))?;
+            let m = measure(c, &logs.join(format!("{run_name}-{step}.log")))
+                .with_context(|| format!("{run_name} {step}"))?;
             let repo_bytes = du(&repo)?;
             println!(
                 "  {step:<8} wall {:>8.2} s  cpu {:>8.2} s  rss {:>7.1} MiB  repo {:>8.1} MiB",
@@ -171,6 +191,7 @@ pub fn run(args: &[String]) -> Result<()> {
             );
             rows.push(Row {
                 tool: tool.name.clone(),
+                round,
                 step: step.to_string(),
                 wall: m.wall,
                 cpu: m.cpu,
@@ -226,18 +247,27 @@ pub fn run(args: &[String]) -> Result<()> {
             for b in bad.iter().take(10) {
                 eprintln!("  MISMATCH {}: {b}", tool.name);
             }
-            failures.push(format!("{}: restore differs from the source in {} places", tool.name, bad.len()));
+            failures.push(format!("{run_name}: restore differs from the source in {} places", bad.len()));
         }
         if let Some(r) = rows.last_mut() {
             r.step = if bad.is_empty() { "restore".into() } else { "restore!".into() };
         }
     }
-    for tool in &tools {
-        remove(&work.join(format!("data-{}", tool.name)))?;
-        remove(&work.join("tools").join(&tool.name).join("restore"))?;
+    for (round, tool) in (1..=a.rounds).flat_map(|round| tools.iter().map(move |t| (round, t))) {
+        let run_name = if a.rounds > 1 { format!("{}-r{round}", tool.name) } else { tool.name.clone() };
+        remove(&work.join(format!("data-{run_name}")))?;
+        remove(&work.join("tools").join(&run_name).join("restore"))?;
     }
 
-    let table = render(&rows, &skipped, &failures);
+    let medians = medians(&rows);
+    let mut table = render(&medians, &skipped, &failures);
+    if a.rounds > 1 {
+        table = format!(
+            "figures: the median of {} rounds; every round's wall times below\n{table}\n{}",
+            a.rounds,
+            render_rounds(&rows, a.rounds)
+        );
+    }
     println!("\n{table}");
     let results = json!({
         "command": command_line,
@@ -246,8 +276,13 @@ pub fn run(args: &[String]) -> Result<()> {
         "workload": workload,
         "tools": tools.iter().map(|t| json!({"name": t.name, "version": t.version, "settings": t.settings})).collect::<Vec<_>>(),
         "skipped": skipped.iter().map(|(t, why)| json!({"tool": t, "reason": why})).collect::<Vec<_>>(),
-        "results": rows.iter().map(|r| {
-            let base = rows.iter().find(|b| b.tool == "hoard" && step_key(&b.step) == step_key(&r.step));
+        "rounds": a.rounds,
+        "runs": rows.iter().map(|r| json!({
+            "tool": r.tool, "round": r.round, "step": step_key(&r.step), "wall_s": r.wall, "cpu_s": r.cpu,
+            "peak_rss_kib": r.rss_kib, "repo_bytes": r.repo,
+        })).collect::<Vec<_>>(),
+        "results": medians.iter().map(|r| {
+            let base = medians.iter().find(|b| b.tool == "hoard" && step_key(&b.step) == step_key(&r.step));
             json!({
                 "tool": r.tool, "step": step_key(&r.step), "wall_s": r.wall, "cpu_s": r.cpu,
                 "peak_rss_kib": r.rss_kib, "repo_bytes": r.repo,
@@ -287,9 +322,21 @@ pub(crate) fn s(p: &Path) -> String {
 /// and the copies and restores are removed after the last tool.
 fn clear_leftovers(work: &Path, tools: &[Tool]) -> Result<()> {
     let mut gone = vec![work.join("data")];
-    for t in tools {
-        gone.push(work.join(format!("data-{}", t.name)));
-        gone.push(work.join("tools").join(&t.name));
+    // A tool's copies and repositories, of a run with or without rounds ("hoard", "hoard-r2").
+    let ours = |name: &str, prefix: &str| {
+        tools.iter().any(|t| {
+            let base = format!("{prefix}{}", t.name);
+            name == base || name.strip_prefix(&format!("{base}-r")).is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+    };
+    for (dir, prefix) in [(work.to_path_buf(), "data-"), (work.join("tools"), "")] {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for e in entries {
+            let e = e?;
+            if ours(&e.file_name().to_string_lossy(), prefix) {
+                gone.push(e.path());
+            }
+        }
     }
     let mut removed = false;
     for p in gone.iter().filter(|p| p.exists()) {
@@ -851,8 +898,11 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> Result<usize> {
 // ---------------------------------------------------------------------------------------------
 // The report
 
+#[derive(Clone)]
 struct Row {
     tool: String,
+    /// Which round (from 1); 0 in a row of medians.
+    round: u32,
     /// The step name; `restore!` marks a restore that did not match the source.
     step: String,
     wall: f64,
@@ -867,6 +917,96 @@ fn step_key(step: &str) -> &str {
 
 fn ratio(x: f64, base: f64) -> Option<f64> {
     (base > 0.0).then(|| (x / base * 100.0).round() / 100.0)
+}
+
+/// The median of a list (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One row per tool and step, in the order they first ran, with the median of each figure over
+/// the rounds; a step is marked failed (`restore!`) if it failed in any round.
+fn medians(rows: &[Row]) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    for r in rows {
+        if out.iter().any(|o| o.tool == r.tool && step_key(&o.step) == step_key(&r.step)) {
+            continue;
+        }
+        let same: Vec<&Row> =
+            rows.iter().filter(|o| o.tool == r.tool && step_key(&o.step) == step_key(&r.step)).collect();
+        let m = |f: fn(&Row) -> f64| median(same.iter().map(|o| f(o)).collect());
+        let failed = same.iter().any(|o| o.step.ends_with('!'));
+        out.push(Row {
+            tool: r.tool.clone(),
+            round: 0,
+            step: if failed { format!("{}!", step_key(&r.step)) } else { step_key(&r.step).to_string() },
+            wall: m(|o| o.wall),
+            cpu: m(|o| o.cpu),
+            rss_kib: m(|o| o.rss_kib as f64).round() as u64,
+            repo: m(|o| o.repo as f64).round() as u64,
+        });
+    }
+    out
+}
+
+/// Every round's wall time per tool and step, and the ratio of the fastest other tool to hoard
+/// within each round.
+fn render_rounds(rows: &[Row], rounds: u32) -> String {
+    let mut t = format!("| {:<7} | {:<8} |", "tool", "step");
+    for r in 1..=rounds {
+        t.push_str(&format!(" {:>9} |", format!("round {r}")));
+    }
+    t.push('\n');
+    t.push_str("|---------|----------|");
+    for _ in 1..=rounds {
+        t.push_str("----------:|");
+    }
+    t.push('\n');
+    for m in medians(rows) {
+        t.push_str(&format!("| {:<7} | {:<8} |", m.tool, step_key(&m.step)));
+        for round in 1..=rounds {
+            let cell = rows
+                .iter()
+                .find(|o| o.round == round && o.tool == m.tool && step_key(&o.step) == step_key(&m.step))
+                .map(|o| format!("{:.2}", o.wall))
+                .unwrap_or_else(|| "-".into());
+            t.push_str(&format!(" {cell:>9} |"));
+        }
+        t.push('\n');
+    }
+    let mut line = String::from("fastest other tool / hoard, wall, per round:");
+    for step in ["night1", "night2", "restore"] {
+        let per: Vec<String> = (1..=rounds)
+            .map(|round| {
+                let of = |tool_is_hoard: bool| {
+                    rows.iter()
+                        .filter(|o| {
+                            o.round == round && step_key(&o.step) == step && (o.tool == "hoard") == tool_is_hoard
+                        })
+                        .map(|o| o.wall)
+                        .fold(f64::INFINITY, f64::min)
+                };
+                match ratio(of(false), of(true)) {
+                    Some(r) if r.is_finite() => format!("{r:.2}"),
+                    _ => "-".into(),
+                }
+            })
+            .collect();
+        line.push_str(&format!(" {step} {}", per.join("/")));
+        line.push(';');
+    }
+    line.pop();
+    t.push_str(&line);
+    t.push('\n');
+    t
 }
 
 fn render(rows: &[Row], skipped: &[(String, String)], failures: &[String]) -> String {
@@ -911,4 +1051,48 @@ fn date_utc() -> String {
     cmd::output(cmd::new("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]).env("LC_ALL", "C"))
         .map(|(_, out, _)| out.trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(tool: &str, round: u32, step: &str, wall: f64) -> Row {
+        Row {
+            tool: tool.into(),
+            round,
+            step: step.into(),
+            wall,
+            cpu: wall * 2.0,
+            rss_kib: 1024 * round as u64,
+            repo: 7,
+        }
+    }
+
+    #[test]
+    fn medians_take_the_middle_round_and_keep_a_failed_restore_marked() {
+        let rows = vec![
+            row("hoard", 1, "night1", 3.0),
+            row("restic", 1, "night1", 6.0),
+            row("hoard", 1, "restore", 2.0),
+            row("hoard", 2, "night1", 9.0),
+            row("restic", 2, "night1", 5.0),
+            row("hoard", 2, "restore!", 1.0),
+            row("hoard", 3, "night1", 2.5),
+            row("restic", 3, "night1", 7.0),
+            row("hoard", 3, "restore", 4.0),
+        ];
+        let m = medians(&rows);
+        let got: Vec<(&str, &str, f64, u64)> =
+            m.iter().map(|r| (r.tool.as_str(), r.step.as_str(), r.wall, r.rss_kib)).collect();
+        assert_eq!(
+            got,
+            [("hoard", "night1", 3.0, 2048), ("restic", "night1", 6.0, 2048), ("hoard", "restore!", 2.0, 2048)]
+        );
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        let t = render_rounds(&rows, 3);
+        assert!(t.contains("| hoard   | night1   |      3.00 |      9.00 |      2.50 |"), "{t}");
+        // Per round, restic over hoard: 6/3, 5/9, 7/2.5.
+        assert!(t.contains("night1 2.00/0.56/2.80"), "{t}");
+    }
 }

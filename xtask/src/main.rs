@@ -21,7 +21,7 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [args]
 
 commands:
-  bench [--work DIR] [--tree PATH] [--pgbench-scale N] [--tools LIST] [--no-install]
+  bench [--work DIR] [--tree PATH] [--pgbench-scale N] [--tools LIST] [--rounds N] [--no-install]
                            hoard against restic, borg and rustic on a two-night workload (a real
                            tree and pgbench dumps): time, CPU, peak RSS, repository size
   ceiling [--no-run]       the stream pipeline against the ceiling its per-stage criterion
