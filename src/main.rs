@@ -1567,10 +1567,10 @@ fn cmd_repair(ctx: &Ctx, r: RepairCmd) -> Result<i32> {
         RepairCmd::Index => {
             let rep = inspect::repair_index(&repo)?;
             for u in &rep.unreadable {
-                eprintln!("warning: {u} (left out of the index)");
+                eprintln!("warning: {u} (the pack is left out of the index)");
             }
             if ctx.json {
-                ctx.print_json(&json!({"packs": rep.packs, "blobs": rep.blobs, "unreadable": rep.unreadable, "old_segments": rep.old_segments}))?;
+                ctx.print_json(&json!({"packs": rep.packs, "blobs": rep.blobs, "unreadable": rep.unreadable, "salvaged": rep.salvaged, "old_segments": rep.old_segments}))?;
             } else {
                 out(&format!(
                     "index rebuilt from {} packs ({} blobs), replacing {} index segments\n",

@@ -239,7 +239,8 @@ fn fixture_pack_truncated() {
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(p.restore_compare(&s1, "s1", &none, "p1").0, Some(0));
 
-    // The pack's header is gone with its tail: `repair index` leaves the pack out.
+    // The pack's header is gone with its tail: `repair index` leaves the pack out, after storing
+    // again the blobs before the cut that the old index knew.
     let (code, out) = fx.code(&["repair", "index"]);
     assert_eq!(code, Some(3), "{out}");
     let done = fx.env.json(&["repair", "snapshots", "--forget"]);

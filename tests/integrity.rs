@@ -185,3 +185,71 @@ fn repair_snapshots_read_data_leaves_out_a_file_with_a_damaged_chunk() {
         }
     }
 }
+
+/// A pack cut short has no header left, but the blobs before the cut are whole: `repair index`
+/// reads back the ones the old index knew, stores them again, and only the files whose chunks
+/// were in the lost tail are left out by `repair snapshots`.
+#[test]
+fn repair_index_saves_the_whole_blobs_of_a_pack_cut_short() {
+    let env = Env::bare();
+    env.ok(&["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // Forty incompressible files of one chunk each, all in one data pack.
+    for i in 0..40u64 {
+        fs::write(src.join(format!("f{i:02}")), noise(700 + i, 200 << 10)).unwrap();
+    }
+    let snap = env.backup(&[src.to_str().unwrap()]);
+    let pack = packs(&env).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    let len = fs::metadata(&pack).unwrap().len();
+    fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(len / 2).unwrap();
+    // As on a new host: the index comes from the repository alone.
+    fs::remove_dir_all(&env.cache).unwrap();
+
+    let o = env.run(&["--json", "repair", "index"]);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let saved = rep["salvaged"].as_u64().unwrap();
+    let note = rep["unreadable"][0].as_str().unwrap();
+    assert!(note.contains(pack.file_name().unwrap().to_str().unwrap()), "{note}");
+    // "…; of the N blobs the index knew in it, S were read back and stored again, 0 have another
+    // copy, L are lost" (the packer may have spread the forty over more than one pack).
+    let number_before = |word: &str| -> u64 {
+        let at = note.find(word).unwrap_or_else(|| panic!("{word:?} not in {note}"));
+        note[..at].trim_end().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (known, lost) = (number_before("blobs the index knew"), number_before("are lost"));
+    assert_eq!(number_before("were read back"), saved, "{note}");
+    assert_eq!(known, saved + lost, "{note}");
+    // Half of the pack is left, so about half of its blobs: some saved, some lost.
+    assert!(known >= 10 && saved >= known / 4 && lost >= known / 4, "{note}");
+
+    let r = env.json(&["repair", "snapshots", "--forget"]);
+    let rep = r["repaired"].as_array().unwrap();
+    assert_eq!(rep.len(), 1, "{r}");
+    assert_eq!(rep[0]["original"], snap["id"]);
+    let dropped: BTreeSet<String> =
+        rep[0]["dropped"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap().to_string()).collect();
+    assert_eq!(dropped.len() as u64, lost, "{r}");
+    // The damaged pack is no longer indexed; prune removes it and the repository checks clean.
+    env.ok(&["prune", "--keep-recent-packs", "0"]);
+    assert!(!pack.exists());
+    env.ok(&["check", "--read-data"]);
+    let target = env.path("r");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let root = target.join(src.strip_prefix("/").unwrap());
+    let mut kept = 0;
+    for i in 0..40u64 {
+        let name = format!("f{i:02}");
+        let lost = dropped.contains(&format!("{}/{name}", src.display()));
+        match fs::read(root.join(&name)) {
+            Ok(got) => {
+                assert!(!lost, "{name} was dropped but restored");
+                assert!(got == noise(700 + i, 200 << 10), "{name} restored with wrong bytes");
+                kept += 1;
+            }
+            Err(_) => assert!(lost, "{name} is missing but was not dropped"),
+        }
+    }
+    assert_eq!(kept, 40 - lost);
+}

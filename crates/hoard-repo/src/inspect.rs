@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use hoard_core::format::index::IndexPack;
+use hoard_core::format::pack;
 use hoard_core::format::tree::{Node, NodeKind};
 use hoard_core::format::ObjectKind;
 use hoard_core::Id;
@@ -212,19 +213,30 @@ pub fn stats(repo: &Repository, snaps: &[SnapshotEntry]) -> Result<Stats> {
 pub struct RepairIndexReport {
     pub packs: usize,
     pub blobs: usize,
+    /// Packs left out of the new index, and why; with what was saved of each.
     pub unreadable: Vec<String>,
+    /// Blobs read back from packs whose header could not be read, and stored again.
+    pub salvaged: usize,
     pub old_segments: usize,
 }
 
 /// Rebuilds the index from the packs alone: reads every pack's header and writes new index
 /// segments that supersede all existing ones, then removes the old ones. Safe to interrupt: the
 /// old segments go only after the new ones are durable.
+///
+/// A pack whose header cannot be read (cut short, or damaged at its end) is left out, but not
+/// everything in it is lost: the old index says where its blobs were, and each one that is still
+/// whole (authenticated against the pack, its type and id, and hashing to its id) is stored
+/// again in a new pack before the old segments go, unless another pack holds a copy. What it
+/// held that is not saved is named in [`RepairIndexReport::unreadable`]; `repair snapshots`
+/// then leaves out only the files that needed it, and prune removes the damaged pack.
 pub fn repair_index(repo: &Repository) -> Result<RepairIndexReport> {
     let mut report = RepairIndexReport::default();
     let old: Vec<Id> =
         repo.storage().list(ObjectKind::Index)?.into_iter().filter_map(|o| Id::from_hex(&o.name).ok()).collect();
     report.old_segments = old.len();
     let mut packs = Vec::new();
+    let mut damaged = Vec::new();
     for o in repo.storage().list(ObjectKind::Pack)? {
         let Ok(id) = Id::from_hex(&o.name) else {
             continue;
@@ -234,7 +246,48 @@ pub fn repair_index(repo: &Repository) -> Result<RepairIndexReport> {
                 report.blobs += entries.len();
                 packs.push(IndexPack { id, len: o.size, entries });
             }
-            Err(e) => report.unreadable.push(format!("pack {}: {e}", o.name)),
+            Err(e) => damaged.push((id, e)),
+        }
+    }
+    if !damaged.is_empty() {
+        let healthy: HashSet<Id> = packs.iter().map(|p| p.id).collect();
+        let (notes, _) = crate::packer::Packer::run(repo, repo.storage().connections(), |p| {
+            let mut notes = Vec::new();
+            for (id, why) in &damaged {
+                let known = repo.cache().pack_entries(id)?;
+                let (mut saved, mut elsewhere) = (0usize, 0usize);
+                // A pack that cannot be read at all saves nothing; the note says so.
+                let bytes =
+                    if known.is_empty() { None } else { repo.storage().read(ObjectKind::Pack, &id.to_hex()).ok() };
+                for e in bytes.as_ref().map_or(&[][..], |_| &known[..]) {
+                    let copies = repo.cache().locations(&e.id)?;
+                    if copies.iter().any(|l| healthy.contains(&l.pack)) {
+                        elsewhere += 1;
+                        continue;
+                    }
+                    let stored = bytes.as_ref().and_then(|b| {
+                        let start = usize::try_from(e.offset).ok()?;
+                        b.get(start..)?.get(..e.length as usize)
+                    });
+                    if let Some(plain) = stored.and_then(|s| pack::open_blob(repo.keys(), id, e, s).ok()) {
+                        p.store(e.blob_type, e.id, &plain)?;
+                        saved += 1;
+                    }
+                }
+                // The header's error names the pack; a storage error may not.
+                let why = why.to_string();
+                let why = if why.contains(&id.to_hex()) { why } else { format!("pack {id}: {why}") };
+                notes.push((format!(
+                    "{why}; of the {} blobs the index knew in it, {saved} were read back and stored again, {elsewhere} have another copy, {} are lost",
+                    known.len(),
+                    known.len() - saved - elsewhere
+                ), saved));
+            }
+            Ok(notes)
+        })?;
+        for (note, saved) in notes {
+            report.salvaged += saved;
+            report.unreadable.push(note);
         }
     }
     report.packs = packs.len();
