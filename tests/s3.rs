@@ -382,3 +382,48 @@ fn wrong_credentials_and_a_missing_bucket_are_reported_with_what_to_fix() {
     assert_eq!(o.status.code(), Some(19), "{err}");
     assert!(err.contains("bucket does not exist"), "{err}");
 }
+
+/// The packs one host keeps of a remote repository's trees go from its cache once another
+/// host's prune has deleted them: the cache holds nothing the repository no longer has.
+#[test]
+fn packs_another_host_prunes_leave_this_hosts_pack_cache() {
+    let Some(s) = server() else { return };
+    let a = s3_env(&s, &s.endpoint(), "two-hosts");
+    a.ok(&["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]);
+    let (x, y) = (a.path("x"), a.path("y"));
+    copy_tree(&["/usr/share/perl5"], &x);
+    fs::create_dir_all(&y).unwrap();
+    fs::write(y.join("f"), noise(9, 100_000)).unwrap();
+    a.backup(&[x.to_str().unwrap()]);
+    a.backup(&[y.to_str().unwrap()]);
+    let cached = || -> Vec<String> {
+        walk(&a.cache)
+            .into_iter()
+            .filter(|p| p.parent().is_some_and(|d| d.ends_with("packs")) && p.is_file())
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    };
+    let in_storage = || -> Vec<String> {
+        storage(&s, "two-hosts").list(hoard_storage::ObjectKind::Pack).unwrap().into_iter().map(|o| o.name).collect()
+    };
+    let before = cached();
+    assert!(!before.is_empty(), "host A keeps no tree packs of an S3 repository");
+
+    // Host B, with its own cache, forgets x's snapshot and prunes: x's packs are deleted.
+    let mut b = s3_env(&s, &s.endpoint(), "two-hosts");
+    b.cache = a.path("cache-of-b");
+    b.ok(&["forget", "--keep-last", "1", "--prune", "--keep-recent-packs", "0"]);
+    let left = in_storage();
+    let gone: Vec<&String> = before.iter().filter(|p| !left.contains(p)).collect();
+    assert!(!gone.is_empty(), "B's prune deleted none of the packs A had cached");
+
+    // A opens the repository again: what B deleted leaves A's cache, the rest stays.
+    assert_eq!(a.json(&["snapshots"]).as_array().unwrap().len(), 1);
+    let after = cached();
+    assert!(after.iter().all(|p| left.contains(p)), "A still caches deleted packs: {after:?} of {left:?}");
+    assert!(before.iter().filter(|p| left.contains(p)).all(|p| after.contains(p)), "{before:?} -> {after:?}");
+    let out = a.path("out");
+    a.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_same_tree(&y, &out.join(y.strip_prefix("/").unwrap()));
+}

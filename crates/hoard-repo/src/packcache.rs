@@ -5,8 +5,11 @@
 //! Packs are kept as stored (sealed): every blob read from here is authenticated like one read
 //! from the repository, so a damaged or tampered cache costs a download, never a wrong byte.
 //! Packs this host writes go in as they are uploaded; packs another host wrote are fetched whole
-//! on first use. A pack this host deletes (prune) leaves the cache with it.
+//! on first use. A pack this host deletes (prune) leaves the cache with it; one that another
+//! host's prune deletes leaves it when this host next sees the index segments that listed it
+//! go ([`PackCache::retain`]).
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -56,5 +59,44 @@ impl PackCache {
 
     pub fn remove(&self, pack: &Id) {
         let _ = fs::remove_file(self.path(pack));
+    }
+
+    /// Removes every cached pack not in `live`; returns how many. Files that are not packs
+    /// (another process's `.tmp-` copy in progress) are left alone.
+    pub fn retain(&self, live: &HashSet<Id>) -> usize {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return 0 };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(id) = name.to_str().and_then(|n| Id::from_hex(n).ok()) else { continue };
+            if !live.contains(&id) && fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retain_removes_the_packs_no_longer_indexed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PackCache::new(dir.path().join("packs"));
+        let ids: Vec<Id> = (0..3).map(|_| Id::random()).collect();
+        for id in &ids {
+            cache.put(id, &[Bytes::from_static(b"sealed pack")]);
+        }
+        fs::write(dir.path().join("packs/.tmp-0123456789abcdef"), b"in progress").unwrap();
+        let live: HashSet<Id> = [ids[1]].into_iter().collect();
+        assert_eq!(cache.retain(&live), 2);
+        assert!(cache.read_range(&ids[0], 0, 6).is_none());
+        assert_eq!(cache.read_range(&ids[1], 0, 6).unwrap(), b"sealed");
+        assert!(cache.read_range(&ids[2], 0, 6).is_none());
+        assert!(dir.path().join("packs/.tmp-0123456789abcdef").exists());
+        // An empty or missing cache is nothing to do.
+        assert_eq!(PackCache::new(dir.path().join("none")).retain(&live), 0);
     }
 }

@@ -252,6 +252,16 @@ impl Repository {
             cache.remove_segment(name)?;
             cache.add_segment(name, &IndexSegment::default())?;
         }
+        // Segments went (a prune or `repair index`, maybe another host's): the cached copies of
+        // packs no segment lists any more would otherwise stay on this host's disk for good.
+        let dropped = known.difference(&listed).next().is_some() || !superseded.is_empty();
+        if let (Some(packs), true) = (&self.packs, dropped) {
+            let live: HashSet<Id> = cache.packs()?.into_iter().map(|(id, _)| id).collect();
+            let n = packs.retain(&live);
+            if n > 0 {
+                tracing::debug!("removed {n} packs no longer in the index from the local pack cache");
+            }
+        }
         Ok(())
     }
 
