@@ -390,11 +390,13 @@ fn packs_another_host_prunes_leave_this_hosts_pack_cache() {
     let Some(s) = server() else { return };
     let a = s3_env(&s, &s.endpoint(), "two-hosts");
     a.ok(&["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]);
-    let (x, y) = (a.path("x"), a.path("y"));
-    copy_tree(&["/usr/share/perl5"], &x);
-    fs::create_dir_all(&y).unwrap();
+    // Two snapshots of one directory whose content was replaced in between: once the first is
+    // forgotten, none of its trees is in use.
+    let y = a.path("y");
+    copy_tree(&["/usr/share/perl5"], &y.join("old"));
+    a.backup(&[y.to_str().unwrap()]);
+    fs::remove_dir_all(y.join("old")).unwrap();
     fs::write(y.join("f"), noise(9, 100_000)).unwrap();
-    a.backup(&[x.to_str().unwrap()]);
     a.backup(&[y.to_str().unwrap()]);
     let cached = || -> Vec<String> {
         walk(&a.cache)
@@ -410,7 +412,7 @@ fn packs_another_host_prunes_leave_this_hosts_pack_cache() {
     let before = cached();
     assert!(!before.is_empty(), "host A keeps no tree packs of an S3 repository");
 
-    // Host B, with its own cache, forgets x's snapshot and prunes: x's packs are deleted.
+    // Host B, with its own cache, forgets the first snapshot and prunes: its packs are deleted.
     let mut b = s3_env(&s, &s.endpoint(), "two-hosts");
     b.cache = a.path("cache-of-b");
     b.ok(&["forget", "--keep-last", "1", "--prune", "--keep-recent-packs", "0"]);

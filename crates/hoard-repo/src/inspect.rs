@@ -259,7 +259,7 @@ pub fn repair_index(repo: &Repository) -> Result<RepairIndexReport> {
                 // A pack that cannot be read at all saves nothing; the note says so.
                 let bytes =
                     if known.is_empty() { None } else { repo.storage().read(ObjectKind::Pack, &id.to_hex()).ok() };
-                for e in bytes.as_ref().map_or(&[][..], |_| &known[..]) {
+                for e in &known {
                     let copies = repo.cache().locations(&e.id)?;
                     if copies.iter().any(|l| healthy.contains(&l.pack)) {
                         elsewhere += 1;
