@@ -153,10 +153,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     let mut workload = Value::Null;
-    let runs = (1..=a.rounds).flat_map(|round| tools.iter().map(move |t| (round, t)));
-    for (round, tool) in runs {
-        // Every round's copies, repositories and logs have names of their own.
-        let run_name = if a.rounds > 1 { format!("{}-r{round}", tool.name) } else { tool.name.clone() };
+    // Every round's copies, repositories and logs have names of their own.
+    let runs: Vec<(u32, &Tool, String)> = (1..=a.rounds)
+        .flat_map(|round| tools.iter().map(move |t| (round, t)))
+        .map(|(round, t)| (round, t, if a.rounds > 1 { format!("{}-r{round}", t.name) } else { t.name.clone() }))
+        .collect();
+    for (round, tool, run_name) in &runs {
+        let (round, run_name) = (*round, run_name.as_str());
         if a.rounds > 1 {
             println!("\n=== {} ({}), round {round} of {} ===", tool.name, tool.version, a.rounds);
         } else {
@@ -172,7 +175,7 @@ pub fn run(args: &[String]) -> Result<()> {
         fs::copy(&dump1, &dump)?;
         let night1 = tree_size(&tree)?;
 
-        let tdir = work.join("tools").join(&run_name);
+        let tdir = work.join("tools").join(run_name);
         fs::create_dir_all(tdir.join("home"))?;
         let repo = tdir.join("repo");
         let restore_dir = tdir.join("restore");
@@ -253,10 +256,9 @@ pub fn run(args: &[String]) -> Result<()> {
             r.step = if bad.is_empty() { "restore".into() } else { "restore!".into() };
         }
     }
-    for (round, tool) in (1..=a.rounds).flat_map(|round| tools.iter().map(move |t| (round, t))) {
-        let run_name = if a.rounds > 1 { format!("{}-r{round}", tool.name) } else { tool.name.clone() };
+    for (_, _, run_name) in &runs {
         remove(&work.join(format!("data-{run_name}")))?;
-        remove(&work.join("tools").join(&run_name).join("restore"))?;
+        remove(&work.join("tools").join(run_name).join("restore"))?;
     }
 
     let medians = medians(&rows);
