@@ -156,9 +156,11 @@ impl<'r> Packer<'r> {
     /// Compresses, encrypts and packs a claimed blob on the calling thread.
     pub fn store(&self, t: BlobType, id: Id, plaintext: &[u8]) -> Result<()> {
         let pool = if t == BlobType::Tree { &self.trees } else { &self.data };
-        // Room for a full pack and the blob that fills it, so the buffer never grows: only the
-        // bytes written to it take memory.
-        let mut b = pool.take(|| PackBuilder::with_capacity(self.repo.keys(), self.target + self.target / 4));
+        // Room for a full pack, the blobs that fill its padding (at most 1/16 of the target)
+        // and the blob that ends it, so the buffer never grows: only the bytes written to it
+        // take memory.
+        let capacity = self.target + self.target / 16 + self.target / 4;
+        let mut b = pool.take(|| PackBuilder::with_capacity(self.repo.keys(), capacity));
         let stored = b.add(t, id, plaintext, self.level);
         self.blobs_new.fetch_add(1, Relaxed);
         self.bytes_new.fetch_add(plaintext.len() as u64, Relaxed);
