@@ -43,13 +43,25 @@ impl Cipher {
     /// Authenticates and decrypts `buf` (ciphertext followed by tag) in place; on success `buf`
     /// holds the plaintext.
     pub fn open(&self, counter: u32, aad: &[u8], buf: &mut Vec<u8>, what: &'static str) -> Result<()> {
-        if buf.len() < TAG_LEN {
+        self.open_from(counter, aad, buf, 0, what)
+    }
+
+    /// As [`Cipher::open`] for `buf[from..]`: on success `buf[from..]` holds the plaintext.
+    pub fn open_from(
+        &self,
+        counter: u32,
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        from: usize,
+        what: &'static str,
+    ) -> Result<()> {
+        if buf.len() < from + TAG_LEN {
             return Err(Error::Auth { what });
         }
         let split = buf.len() - TAG_LEN;
         let tag = Tag::clone_from_slice(&buf[split..]);
         buf.truncate(split);
-        self.0.decrypt_in_place_detached(&nonce(counter), aad, buf, &tag).map_err(|_| Error::Auth { what })
+        self.0.decrypt_in_place_detached(&nonce(counter), aad, &mut buf[from..], &tag).map_err(|_| Error::Auth { what })
     }
 }
 

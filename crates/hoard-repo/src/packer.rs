@@ -12,7 +12,7 @@ use std::sync::{Condvar, Mutex};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use hoard_core::format::index::{IndexPack, IndexSegment};
-use hoard_core::format::pack::{FinishedPack, PackBuilder};
+use hoard_core::format::pack::{FinishedPack, PackBuilder, MAX_ENTRIES};
 use hoard_core::format::{BlobType, ObjectKind};
 use hoard_core::Id;
 
@@ -198,10 +198,8 @@ impl<'r> Packer<'r> {
     }
 
     fn flush(&self) -> Result<()> {
-        let mut all = self.data.drain();
-        all.extend(self.trees.drain());
-        for b in all {
-            if !b.is_empty() {
+        for pool in [&self.data, &self.trees] {
+            for b in merge_partial(pool.drain(), self.target)? {
                 self.send(b.finish())?;
             }
         }
@@ -270,6 +268,23 @@ impl<'r> Packer<'r> {
 /// until it is full, so the limit bounds a backup's memory however many threads store blobs;
 /// a thread that finds every builder busy waits for one (there are more builders than cores,
 /// so the cores stay busy sealing).
+/// The partly filled packs a backup ends with, merged where they fit together within `target`
+/// (first fit, largest first): one pack per worker would mean more objects and more padding
+/// for a night that stores little. Merging re-seals blobs but never compresses them again.
+fn merge_partial(mut builders: Vec<PackBuilder>, target: usize) -> Result<Vec<PackBuilder>> {
+    builders.retain(|b| !b.is_empty());
+    builders.sort_by_key(|b| std::cmp::Reverse(b.size()));
+    let mut merged: Vec<PackBuilder> = Vec::with_capacity(builders.len());
+    for b in builders {
+        let fits = |m: &&mut PackBuilder| m.size() + b.size() <= target && m.len() + b.len() <= MAX_ENTRIES;
+        match merged.iter_mut().find(fits) {
+            Some(m) => m.absorb(b).map_err(|e| RepoError::core("merging the last packs of a backup", e))?,
+            None => merged.push(b),
+        }
+    }
+    Ok(merged)
+}
+
 struct Pool {
     state: Mutex<PoolState>,
     returned: Condvar,
@@ -322,5 +337,54 @@ impl Pool {
         let mut s = self.state.lock().unwrap();
         s.open -= s.free.len();
         std::mem::take(&mut s.free)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hoard_core::keys::MasterKey;
+
+    use super::*;
+
+    #[test]
+    fn partial_packs_merge_first_fit_largest_first() {
+        let k = MasterKey::generate().keys();
+        let mut ids = Vec::new();
+        let builders: Vec<PackBuilder> = [400usize, 0, 300, 700]
+            .iter()
+            .enumerate()
+            .map(|(i, &kib)| {
+                let mut b = PackBuilder::new(&k);
+                for j in 0..kib / 100 {
+                    let mut x = vec![0u8; 100 << 10];
+                    hoard_core::id::fill_random(&mut x);
+                    x[0] = i as u8;
+                    x[1] = j as u8;
+                    let id = k.blob_id(&x);
+                    ids.push(id);
+                    b.add(BlobType::Data, id, &x, 3);
+                }
+                b
+            })
+            .collect();
+        let merged = merge_partial(builders, 1 << 20).unwrap();
+        // 700 + 300 fit in 1 MiB, 400 does not fit with them; the empty one is dropped.
+        let kib: Vec<usize> = merged.iter().map(|b| b.size() >> 10).collect();
+        assert_eq!(kib, [1000, 400]);
+        let mut got = Vec::new();
+        for b in merged {
+            let id = b.id();
+            let p = b.finish();
+            let bytes: Vec<u8> = p.pieces.concat();
+            for e in hoard_core::format::pack::decode_header(&k, &id, &bytes, p.len).unwrap() {
+                let blob =
+                    hoard_core::format::pack::open_blob(&k, &id, &e, &bytes[e.offset as usize..][..e.length as usize]);
+                assert_eq!(k.blob_id(&blob.unwrap()), e.id);
+                got.push(e.id);
+            }
+        }
+        got.sort();
+        ids.sort();
+        assert_eq!(got, ids);
     }
 }
