@@ -7,6 +7,7 @@ mod bench;
 mod ceiling;
 mod ci;
 mod cmd;
+mod compression;
 mod deps;
 mod fixtures;
 mod fuzz;
@@ -26,6 +27,9 @@ commands:
                            tree and pgbench dumps): time, CPU, peak RSS, repository size
   ceiling [--no-run]       the stream pipeline against the ceiling its per-stage criterion
                            benches imply for this machine's cores
+  compression [--small KIB] [--group KIB] [PATH]...
+                           how much smaller small files would be stored compressed together
+                           (groups, or a trained dictionary) than one by one (default /usr/share)
   ci [--skip STEP]...      run the whole test suite, as CI does (steps: deps, fmt, layering,
                            clippy, test, doc, fuzz; HOARD_CI_FUZZ=0 leaves out fuzz)
   deps [--check] [--list] [GROUP]...
@@ -66,6 +70,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         "bench" => bench::run(rest),
         "ceiling" => ceiling::run(rest),
         "ci" => ci::run(rest),
+        "compression" => compression::run(rest),
         "deps" => deps::run(rest),
         "fixtures" => fixtures::run(rest),
         "fuzz" => fuzz::run(rest),
