@@ -16,7 +16,7 @@ use hoard_core::Id;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Bump when the tables change: older caches are then rebuilt from the repository.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -68,6 +68,10 @@ CREATE TABLE blobs (
 CREATE INDEX blobs_pack ON blobs(pack);
 CREATE TABLE snapshots (name TEXT PRIMARY KEY, sealed BLOB NOT NULL);
 CREATE TABLE superseded (name TEXT PRIMARY KEY);
+CREATE TABLE copied (
+    source_repo BLOB NOT NULL, source BLOB NOT NULL, id BLOB NOT NULL,
+    PRIMARY KEY (source_repo, source)
+) WITHOUT ROWID;
 ";
 
 impl IndexCache {
@@ -228,6 +232,43 @@ impl IndexCache {
     }
 
     /// Where a blob is, if the repository has it.
+    /// The id this repository gave a chunk that `hoard copy` copied from repository
+    /// `source_repo`, where it has id `source`, if a copy noted it. Only a hint: the blob may
+    /// have been pruned since, so the caller checks that the repository still has it.
+    pub fn copied_id(&self, source_repo: &Id, source: &Id) -> Result<Option<Id>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id FROM copied WHERE source_repo = ?1 AND source = ?2")
+            .map_err(|e| self.err(e))?;
+        let got: Option<Vec<u8>> = st
+            .query_row(params![source_repo.as_bytes().as_slice(), source.as_bytes().as_slice()], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        got.map(|b| Id::from_slice(&b).map_err(|e| IndexError::Malformed(e.to_string()))).transpose()
+    }
+
+    /// Notes the ids this repository gave chunks copied from `source_repo`: (source id, id).
+    pub fn note_copied(&mut self, source_repo: &Id, pairs: &[(Id, Id)]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| IndexError::Sqlite { path: self.path.display().to_string(), source: e })?;
+        {
+            let mut st = tx
+                .prepare_cached("INSERT OR REPLACE INTO copied VALUES (?1, ?2, ?3)")
+                .map_err(|e| IndexError::Sqlite { path: self.path.display().to_string(), source: e })?;
+            for (source, id) in pairs {
+                st.execute(params![
+                    source_repo.as_bytes().as_slice(),
+                    source.as_bytes().as_slice(),
+                    id.as_bytes().as_slice()
+                ])
+                .map_err(|e| IndexError::Sqlite { path: self.path.display().to_string(), source: e })?;
+            }
+        }
+        tx.commit().map_err(|e| IndexError::Sqlite { path: self.path.display().to_string(), source: e })
+    }
+
     pub fn lookup(&self, id: &Id) -> Result<Option<BlobLocation>> {
         let mut st = self
             .conn
@@ -510,6 +551,25 @@ mod tests {
             compressed: true,
             nonce: id as u32,
         }
+    }
+
+    #[test]
+    fn copied_ids_are_kept_per_source_repository_and_survive_a_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("index.sqlite");
+        let (repo, a, b) = (Id([9; 32]), Id([1; 32]), Id([2; 32]));
+        let mut c = IndexCache::open(&p, &repo).unwrap();
+        assert_eq!(c.copied_id(&a, &Id([5; 32])).unwrap(), None);
+        c.note_copied(&a, &[(Id([5; 32]), Id([50; 32])), (Id([6; 32]), Id([60; 32]))]).unwrap();
+        c.note_copied(&b, &[(Id([5; 32]), Id([51; 32]))]).unwrap();
+        // A later copy that stored the chunk again under another id replaces the note.
+        c.note_copied(&a, &[(Id([6; 32]), Id([61; 32]))]).unwrap();
+        drop(c);
+        let c = IndexCache::open(&p, &repo).unwrap();
+        assert_eq!(c.copied_id(&a, &Id([5; 32])).unwrap(), Some(Id([50; 32])));
+        assert_eq!(c.copied_id(&b, &Id([5; 32])).unwrap(), Some(Id([51; 32])));
+        assert_eq!(c.copied_id(&a, &Id([6; 32])).unwrap(), Some(Id([61; 32])));
+        assert_eq!(c.copied_id(&b, &Id([6; 32])).unwrap(), None);
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! rewritten with the new ids. When both repositories share their keys (one was made from the
 //! other's key material), ids are the same and a chunk the target has is never read.
 //!
+//! With different keys, the target's local cache also keeps which target id each copied chunk
+//! got (`IndexCache::note_copied`), so the next night's copy reads from the source only the
+//! chunks it has not copied before: a chunk whose noted id the target still has is not read.
+//!
 //! A copied snapshot keeps the source's time, host, user, source, paths, tags and labels, and
 //! gets the label `hoard.copied-from` = the source snapshot's id: a later copy skips every
 //! source snapshot the target already has a copy of, so `hoard copy` can run every night.
@@ -73,7 +77,7 @@ pub fn copy_snapshots(
         }
     }
     let same_keys = src.keys().blob_id(b"hoard copy key probe") == dst.keys().blob_id(b"hoard copy key probe");
-    let mut mapper = Mapper { src, same_keys, ids: HashMap::new(), cancel: &opts.cancel };
+    let mut mapper = Mapper { src, dst, same_keys, ids: HashMap::new(), new_pairs: Vec::new(), cancel: &opts.cancel };
     let mut report = CopyReport::default();
     let mut order: Vec<&SnapshotEntry> = which.iter().collect();
     order.sort_by_key(|e| e.snapshot.time_ns);
@@ -107,7 +111,15 @@ pub fn copy_snapshots(
                 started,
                 Vec::new(),
             )
-        })?;
+        });
+        // Noted whether or not the snapshot was committed: a chunk stored by a copy that failed
+        // later is still in the target (its pack was indexed), and one that is not is read
+        // again, since a noted id counts only while the target has it.
+        let pairs = std::mem::take(&mut mapper.new_pairs);
+        if !pairs.is_empty() {
+            dst.cache().note_copied(&src.config().id, &pairs)?;
+        }
+        let result = result?;
         copies.insert(e.id, result.id);
         report.copied.push(Copied { source: e.id, result });
     }
@@ -116,9 +128,12 @@ pub fn copy_snapshots(
 
 struct Mapper<'a> {
     src: &'a Repository,
+    dst: &'a Repository,
     same_keys: bool,
     /// Source blob id → target blob id, for this run.
     ids: HashMap<Id, Id>,
+    /// Chunks copied in this snapshot, to note in the target's cache: (source id, target id).
+    new_pairs: Vec<(Id, Id)>,
     cancel: &'a AtomicBool,
 }
 
@@ -168,9 +183,19 @@ impl Mapper<'_> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(RepoError::Interrupted);
         }
+        let noted = self.dst.cache().copied_id(&self.src.config().id, id)?;
+        if let Some(d) = noted {
+            if self.dst.has_blob(&d)? {
+                self.ids.insert(*id, d);
+                return Ok(d);
+            }
+        }
         let plain = self.src.read_blob(id)?;
         let (d, _) = packer.add(BlobType::Data, &plain)?;
         self.ids.insert(*id, d);
+        if noted != Some(d) {
+            self.new_pairs.push((*id, d));
+        }
         Ok(d)
     }
 }

@@ -499,3 +499,53 @@ fn one_failed_call_never_makes_repair_snapshots_drop_more() {
     assert!(points >= 40, "only {points} points");
     assert!(failed > 0, "no failure surfaced: the wrapper is not in the path");
 }
+
+/// A nightly `hoard copy` between repositories with different keys reads from the source only
+/// the chunks it has not copied before: the target's cache notes which id each copied chunk
+/// got. Shown by taking from the source every pack the first night's chunks are in: the
+/// second night's copy still succeeds with the target's cache, and fails without it.
+#[test]
+fn a_nightly_copy_reads_only_chunks_it_has_not_copied_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = Arc::new(MemoryStorage::new());
+    let src_repo = init(source.clone(), &tmp.path().join("source-cache"));
+    let tree = tmp.path().join("tree");
+    make_tree(&tree, 1, &[1, 2], 48 << 10);
+    backup_paths(&src_repo, std::slice::from_ref(&tree), &BackupOptions::default()).unwrap();
+    let night1_packs = data_packs(&src_repo);
+    let target = Arc::new(MemoryStorage::new());
+    let target_cache = tmp.path().join("target-cache");
+    drop(init(target.clone(), &target_cache));
+    let dst = Repository::open(target.clone(), PASSWORD, &target_cache).unwrap();
+    assert_eq!(copy_all(&src_repo, &dst).unwrap(), 1);
+    drop(dst);
+
+    // Night 2: one file more. Then the packs of night 1 go missing from the source.
+    std::fs::write(tree.join("night2.bin"), noise(77, 40 << 10)).unwrap();
+    let r2 = backup_paths(&src_repo, std::slice::from_ref(&tree), &BackupOptions::default()).unwrap();
+    assert!(r2.snapshot.summary.files_unmodified > 0);
+    for p in &night1_packs {
+        source.delete(ObjectKind::Pack, &p.to_hex()).unwrap();
+    }
+
+    // Without the notes (a fresh cache for the same target), the copy has to read night 1's
+    // chunks, and cannot.
+    let without = Repository::open(Arc::new(copy(&*target)), PASSWORD, &tmp.path().join("fresh")).unwrap();
+    assert!(copy_all(&src_repo, &without).is_err(), "the copy did not need night 1's packs");
+
+    let dst = Repository::open(target.clone(), PASSWORD, &target_cache).unwrap();
+    assert_eq!(copy_all(&src_repo, &dst).unwrap(), 1);
+    let copied = dst
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.snapshot.labels.iter().any(|(k, v)| k == COPIED_FROM && *v == r2.id.to_hex()))
+        .unwrap();
+    let (summary, got) = restore_files(&dst, &copied, &tree, &tmp.path().join("restored")).unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert!(got == files(&tree), "night 2's copy does not restore night 2's tree");
+    let report = check(&dst, Some(Subset::All)).unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
+    let (entries, distinct) = blob_counts(&dst);
+    assert_eq!(entries, distinct, "a blob was stored twice");
+}
