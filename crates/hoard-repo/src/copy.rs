@@ -77,7 +77,8 @@ pub fn copy_snapshots(
         }
     }
     let same_keys = src.keys().blob_id(b"hoard copy key probe") == dst.keys().blob_id(b"hoard copy key probe");
-    let mut mapper = Mapper { src, dst, same_keys, ids: HashMap::new(), new_pairs: Vec::new(), cancel: &opts.cancel };
+    let mut mapper =
+        Mapper { src, dst, same_keys, trees: HashMap::new(), recent: HashMap::new(), cancel: &opts.cancel };
     let mut report = CopyReport::default();
     let mut order: Vec<&SnapshotEntry> = which.iter().collect();
     order.sort_by_key(|e| e.snapshot.time_ns);
@@ -115,31 +116,33 @@ pub fn copy_snapshots(
         // Noted whether or not the snapshot was committed: a chunk stored by a copy that failed
         // later is still in the target (its pack was indexed), and one that is not is read
         // again, since a noted id counts only while the target has it.
-        let pairs = std::mem::take(&mut mapper.new_pairs);
-        if !pairs.is_empty() {
-            dst.cache().note_copied(&src.config().id, &pairs)?;
-        }
+        let noted = mapper.note_recent();
         let result = result?;
+        noted?;
         copies.insert(e.id, result.id);
         report.copied.push(Copied { source: e.id, result });
     }
     Ok(report)
 }
 
+/// Copied chunks noted in the target's cache at a time.
+const NOTE_BATCH: usize = 4096;
+
 struct Mapper<'a> {
     src: &'a Repository,
     dst: &'a Repository,
     same_keys: bool,
-    /// Source blob id → target blob id, for this run.
-    ids: HashMap<Id, Id>,
-    /// Chunks copied in this snapshot, to note in the target's cache: (source id, target id).
-    new_pairs: Vec<(Id, Id)>,
+    /// Source tree id → target tree id, for this run (one per directory, not per file).
+    trees: HashMap<Id, Id>,
+    /// Chunks copied and not yet noted in the target's cache: source id → target id. At most
+    /// [`NOTE_BATCH`]: memory does not grow with the snapshot.
+    recent: HashMap<Id, Id>,
     cancel: &'a AtomicBool,
 }
 
 impl Mapper<'_> {
     fn tree(&mut self, packer: &Packer, id: &Id) -> Result<Id> {
-        if let Some(d) = self.ids.get(id) {
+        if let Some(d) = self.trees.get(id) {
             return Ok(*d);
         }
         if self.cancel.load(Ordering::Relaxed) {
@@ -165,7 +168,7 @@ impl Mapper<'_> {
             nodes.push(n);
         }
         let new = store_tree(packer, nodes)?;
-        self.ids.insert(*id, new);
+        self.trees.insert(*id, new);
         Ok(new)
     }
 
@@ -177,25 +180,36 @@ impl Mapper<'_> {
             }
             return Ok(*id);
         }
-        if let Some(d) = self.ids.get(id) {
-            return Ok(*d);
+        let noted = match self.recent.get(id) {
+            Some(d) => Some(*d),
+            None => self.dst.cache().copied_id(&self.src.config().id, id)?,
+        };
+        if let Some(d) = noted {
+            // Pending first: the packer forgets a blob only once the cache has it.
+            if packer.is_pending(&d) || self.dst.has_blob(&d)? {
+                return Ok(d);
+            }
         }
         if self.cancel.load(Ordering::Relaxed) {
             return Err(RepoError::Interrupted);
         }
-        let noted = self.dst.cache().copied_id(&self.src.config().id, id)?;
-        if let Some(d) = noted {
-            if self.dst.has_blob(&d)? {
-                self.ids.insert(*id, d);
-                return Ok(d);
-            }
-        }
         let plain = self.src.read_blob(id)?;
         let (d, _) = packer.add(BlobType::Data, &plain)?;
-        self.ids.insert(*id, d);
         if noted != Some(d) {
-            self.new_pairs.push((*id, d));
+            self.recent.insert(*id, d);
+            if self.recent.len() >= NOTE_BATCH {
+                self.note_recent()?;
+            }
         }
         Ok(d)
+    }
+
+    /// Notes the chunks copied since the last call in the target's cache.
+    fn note_recent(&mut self) -> Result<()> {
+        if self.recent.is_empty() {
+            return Ok(());
+        }
+        let pairs: Vec<(Id, Id)> = self.recent.drain().collect();
+        Ok(self.dst.cache().note_copied(&self.src.config().id, &pairs)?)
     }
 }

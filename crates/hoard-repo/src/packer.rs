@@ -153,6 +153,11 @@ impl<'r> Packer<'r> {
         Ok(true)
     }
 
+    /// Whether this run has claimed `id` and the cache does not list it yet.
+    pub fn is_pending(&self, id: &Id) -> bool {
+        self.pending.lock().unwrap().contains(id)
+    }
+
     /// Compresses, encrypts and packs a claimed blob on the calling thread.
     pub fn store(&self, t: BlobType, id: Id, plaintext: &[u8]) -> Result<()> {
         let pool = if t == BlobType::Tree { &self.trees } else { &self.data };
