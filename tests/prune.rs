@@ -336,7 +336,9 @@ fn prune_refuses_when_snapshots_use_blobs_the_index_lost() {
     env.ok(&["init", "--kdf-memory", "1024", "--kdf-iterations", "1", "--pack-size", "1MiB"]);
     let src = env.path("src");
     fs::create_dir_all(&src).unwrap();
-    for i in 0..24 {
+    // 40 MiB in 1 MiB packs: well over the 16 packs of one index segment, however the packer
+    // fills and merges its packs.
+    for i in 0..40 {
         fs::write(src.join(format!("f{i:02}")), noise(i, 1 << 20)).unwrap();
     }
     env.backup(&[src.to_str().unwrap()]);
