@@ -172,8 +172,8 @@ impl PackBuilder {
     }
 
     /// True once the pack should be finished: at [`MAX_ENTRIES`] blobs, or once it has reached
-    /// `target` bytes and either Padmé would pad it by less than [`FILL_SLACK`] or it is
-    /// 1/[`FILL_MAX_DIV`] past the target.
+    /// `target` bytes and either Padmé would pad it by less than `FILL_SLACK` (16 KiB) or it is
+    /// 1/`FILL_MAX_DIV` (1/16) past the target.
     ///
     /// Finishing a pack as soon as it reaches its target would pad it by half a Padmé step on
     /// average (256 KiB at 16 MiB), about 1.5% of what a backup stores. The blobs that come
