@@ -250,7 +250,11 @@ impl PackBuilder {
             let start = self.buf.len();
             self.buf.extend_from_slice(&other.buf[e.offset as usize..][..e.length as usize]);
             let aad = blob_aad(e.blob_type, &e.id);
-            other.cipher.open_from(e.nonce, &aad, &mut self.buf, start, "blob")?;
+            if let Err(err) = other.cipher.open_from(e.nonce, &aad, &mut self.buf, start, "blob") {
+                // This pack stays as it was: only whole blobs are in it.
+                self.buf.truncate(start);
+                return Err(err);
+            }
             self.seal_last(e.blob_type, e.id, start, e.raw_len, e.compressed, &aad);
         }
         Ok(())
