@@ -42,33 +42,30 @@ pub fn run(args: &[String]) -> Result<()> {
         walk(p, &mut files).with_context(|| format!("walking {}", p.display()))?;
     }
     let m = measure(&files, small, group)?;
-    let (total, duplicate, small_n, small_raw, large_n, large_raw, large_stored) =
-        (m.total, m.duplicate, m.small_n, m.small_raw, m.large_n, m.large_raw, m.large_stored);
-    let (each, with_dict, grouped) = (m.each, m.with_dict, m.grouped);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     println!(
         "{}: {} files, {:.1} MiB ({:.1} MiB of it duplicate blobs); {} blobs under {} KiB ({:.1} MiB), {} larger ({:.1} MiB)",
         paths.join(" "),
         files.len(),
-        mib(total),
-        mib(duplicate),
-        small_n,
+        mib(m.total),
+        mib(m.duplicate),
+        m.small_n,
         small >> 10,
-        mib(small_raw),
-        large_n,
-        mib(large_raw)
+        mib(m.small_raw),
+        m.large_n,
+        mib(m.large_raw)
     );
     println!("zstd level 3; a blob or group that does not shrink counts at its own size\n");
     println!(
         "| small blobs compressed | small blobs, MiB | with the larger blobs ({:.1} MiB), MiB |",
-        mib(large_stored)
+        mib(m.large_stored)
     );
     println!("|---|---:|---:|");
-    let row = |how: &str, b: u64| println!("| {how} | {:.1} | {:.1} |", mib(b), mib(b + large_stored));
-    row("each by itself (hoard)", each);
-    row(&format!("each with a {} KiB dictionary trained on every 10th", DICT_LEN >> 10), with_dict);
-    row(&format!("in groups of {} KiB, in walk order", group >> 10), grouped);
+    let row = |how: &str, b: u64| println!("| {how} | {:.1} | {:.1} |", mib(b), mib(b + m.large_stored));
+    row("each by itself (hoard)", m.each);
+    row(&format!("each with a {} KiB dictionary trained on every 10th", DICT_LEN >> 10), m.with_dict);
+    row(&format!("in groups of {} KiB, in walk order", group >> 10), m.grouped);
     Ok(())
 }
 

@@ -249,24 +249,22 @@ impl IndexCache {
 
     /// Notes the ids this repository gave chunks copied from `source_repo`: (source id, id).
     pub fn note_copied(&mut self, source_repo: &Id, pairs: &[(Id, Id)]) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|e| IndexError::Sqlite { path: self.path.display().to_string(), source: e })?;
-        {
-            let mut st = tx
-                .prepare_cached("INSERT OR REPLACE INTO copied VALUES (?1, ?2, ?3)")
-                .map_err(|e| IndexError::Sqlite { path: self.path.display().to_string(), source: e })?;
-            for (source, id) in pairs {
-                st.execute(params![
-                    source_repo.as_bytes().as_slice(),
-                    source.as_bytes().as_slice(),
-                    id.as_bytes().as_slice()
-                ])
-                .map_err(|e| IndexError::Sqlite { path: self.path.display().to_string(), source: e })?;
+        let path = self.path.display().to_string();
+        let r = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut st = tx.prepare_cached("INSERT OR REPLACE INTO copied VALUES (?1, ?2, ?3)")?;
+                for (source, id) in pairs {
+                    st.execute(params![
+                        source_repo.as_bytes().as_slice(),
+                        source.as_bytes().as_slice(),
+                        id.as_bytes().as_slice()
+                    ])?;
+                }
             }
-        }
-        tx.commit().map_err(|e| IndexError::Sqlite { path: self.path.display().to_string(), source: e })
+            tx.commit()
+        })();
+        r.map_err(|source| IndexError::Sqlite { path, source })
     }
 
     pub fn lookup(&self, id: &Id) -> Result<Option<BlobLocation>> {
