@@ -1565,7 +1565,7 @@ fn cmd_repair(ctx: &Ctx, r: RepairCmd) -> Result<i32> {
     let repo = ctx.open()?;
     match r {
         RepairCmd::Index => {
-            let rep = inspect::repair_index(&repo)?;
+            let rep = inspect::repair_index(&repo, lock_stale()?)?;
             for u in &rep.unreadable {
                 eprintln!("warning: {u} (the pack is left out of the index)");
             }

@@ -2,14 +2,17 @@
 //! index from the packs.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use hoard_core::format::index::IndexPack;
+use hoard_core::format::lock::LockKind;
 use hoard_core::format::pack;
 use hoard_core::format::tree::{Node, NodeKind};
 use hoard_core::format::ObjectKind;
 use hoard_core::Id;
 
 use crate::error::Result;
+use crate::lock::{Session, DEFAULT_STALE};
 use crate::repo::{Repository, SnapshotEntry};
 
 /// Calls `f(path, node)` for every entry below `node` (depth first, sorted), paths starting
@@ -230,7 +233,24 @@ pub struct RepairIndexReport {
 /// again in a new pack before the old segments go, unless another pack holds a copy. What it
 /// held that is not saved is named in [`RepairIndexReport::unreadable`]; `repair snapshots`
 /// then leaves out only the files that needed it, and prune removes the damaged pack.
-pub fn repair_index(repo: &Repository) -> Result<RepairIndexReport> {
+///
+/// It holds the exclusive prune lock throughout (in a prune session, `lock_stale` as for
+/// prune): a prune running alongside would delete packs this run lists and replace segments
+/// it is about to supersede. Backups go on as usual; a segment one writes after the old
+/// segments were listed is not superseded, and its packs were written before it.
+pub fn repair_index(repo: &Repository, lock_stale: Option<Duration>) -> Result<RepairIndexReport> {
+    let stale = lock_stale.unwrap_or(DEFAULT_STALE);
+    Session::run(repo, LockKind::Prune, stale, |session| {
+        session.take_prune_lock()?;
+        let r = rebuild_index(repo, session);
+        if let Err(e) = session.release_prune_lock() {
+            tracing::warn!("could not remove the prune lock: {e} (the next prune will find it stale)");
+        }
+        r
+    })
+}
+
+fn rebuild_index(repo: &Repository, session: &Session) -> Result<RepairIndexReport> {
     let mut report = RepairIndexReport::default();
     let old: Vec<Id> =
         repo.storage().list(ObjectKind::Index)?.into_iter().filter_map(|o| Id::from_hex(&o.name).ok()).collect();
@@ -292,6 +312,8 @@ pub fn repair_index(repo: &Repository) -> Result<RepairIndexReport> {
     }
     report.packs = packs.len();
     repo.replace_segments(packs, &old)?;
+    // Still the holder of the prune lock, with a fresh session lock, right before deleting.
+    session.ensure_prune_lock()?;
     for s in &old {
         repo.delete_object(ObjectKind::Index, &s.to_hex())?;
     }

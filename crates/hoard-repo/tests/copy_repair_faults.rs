@@ -23,14 +23,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
+use hoard_core::format::lock::LockKind;
 use hoard_core::Id;
 use hoard_repo::backup::fs::backup_paths;
 use hoard_repo::backup::BackupOptions;
 use hoard_repo::check::{check, Subset};
 use hoard_repo::copy::{copy_snapshots, CopyOptions, COPIED_FROM};
 use hoard_repo::inspect::repair_index;
+use hoard_repo::lock::{Session, DEFAULT_STALE};
 use hoard_repo::repair::{repair_snapshots, RepairOptions, RepairReport, REPAIRED_FROM};
-use hoard_repo::Repository;
+use hoard_repo::{RepoError, Repository};
 use hoard_storage::fault::FaultStorage;
 use hoard_storage::{ErrorKind, MemoryStorage, ObjectKind, Storage};
 use support::*;
@@ -265,26 +267,42 @@ fn no_crash_point_of_repair_index_loses_a_snapshot() {
         let fs = Arc::new(FaultStorage::new(copy(&w.source)));
         let repo = w.open(fs.clone());
         let start = fs.faults().ops();
-        let r = repair_index(&repo).unwrap();
+        let r = repair_index(&repo, None).unwrap();
         assert!(r.unreadable.is_empty() && r.packs > 0, "{r:?}");
         fs.faults().ops() - start
     };
+    let old_segments: Vec<String> = w.source.list(ObjectKind::Index).unwrap().into_iter().map(|o| o.name).collect();
     let t = Instant::now();
-    let mut points = 0u64;
+    let (mut points, mut tolerated) = (0u64, 0u64);
     let mut segments: HashMap<usize, usize> = HashMap::new();
     for n in 1..=calls {
         let fs = Arc::new(FaultStorage::new(copy(&w.source)));
         let faults = fs.faults();
         let repo = w.open(fs.clone());
         faults.crash_at(faults.ops() + n);
-        let r = repair_index(&repo);
+        let r = repair_index(&repo, None);
         if !faults.crashed() {
             continue;
         }
-        assert!(r.is_err(), "crash at call {n}: repair reported success");
         points += 1;
         drop(repo);
-        let survivors = Arc::new(fs.surviving().unwrap());
+        // The reboot: what was durable, without the dead session's locks (which the next
+        // repair or prune would find stale by their dead process id).
+        let survivors = fs.surviving().unwrap();
+        for o in survivors.list(ObjectKind::Lock).unwrap() {
+            survivors.delete(ObjectKind::Lock, &o.name).unwrap();
+        }
+        let survivors = Arc::new(survivors);
+        // Success despite the crash only when it came after the work was done, while the
+        // locks were being removed (which is only warned about): every old segment is gone.
+        if r.is_ok() {
+            tolerated += 1;
+            let left: Vec<_> = survivors.list(ObjectKind::Index).unwrap().into_iter().map(|o| o.name).collect();
+            assert!(
+                old_segments.iter().all(|s| !left.contains(s)),
+                "crash at call {n}: repair reported success but left old segments"
+            );
+        }
         *segments.entry(survivors.list(ObjectKind::Index).unwrap().len()).or_default() += 1;
         let at = format!("repair index, crash at call {n}");
         // Every snapshot restores from a fresh index cache, before any further repair.
@@ -296,7 +314,7 @@ fn no_crash_point_of_repair_index_loses_a_snapshot() {
                 .unwrap_or_else(|e| panic!("{at}: snapshot {id} fails: {e}"));
             assert!(summary.errors.is_empty() && got == *want, "{at}: snapshot {id} is broken: {:?}", summary.errors);
         }
-        let r = repair_index(&repo).unwrap_or_else(|e| panic!("{at}: the second repair failed: {e}"));
+        let r = repair_index(&repo, None).unwrap_or_else(|e| panic!("{at}: the second repair failed: {e}"));
         assert!(r.unreadable.is_empty(), "{at}: {:?}", r.unreadable);
         let fresh = w.open(survivors.clone());
         let report = check(&fresh, Some(Subset::All)).unwrap();
@@ -308,10 +326,39 @@ fn no_crash_point_of_repair_index_loses_a_snapshot() {
     seen.sort();
     println!(
         "repair index: {calls} storage calls, {points} crash points in {:.1?}; \
-         index segments left by the crash (count: points): {seen:?}",
+         index segments left by the crash (count: points): {seen:?}; \
+         repair returned Ok despite the crash (while removing its locks): {tolerated}",
         t.elapsed()
     );
+    assert!(tolerated < points, "every crash point was tolerated");
     assert!(points >= 10, "only {points} crash points");
+}
+
+/// A repair of the index takes the prune lock: while a prune holds it, the repair stops before
+/// it writes anything and says why; once the prune is done, it runs.
+#[test]
+fn repair_index_waits_for_a_running_prune() {
+    let w = World::new();
+    let storage: Arc<dyn Storage> = Arc::new(copy(&w.source));
+    let repo = w.open(storage.clone());
+    let before: Vec<String> = storage.list(ObjectKind::Index).unwrap().into_iter().map(|o| o.name).collect();
+    let refused = Session::run(&repo, LockKind::Prune, DEFAULT_STALE, |prune| {
+        prune.take_prune_lock()?;
+        let r = repair_index(&w.open(storage.clone()), None);
+        prune.release_prune_lock()?;
+        Ok(r)
+    })
+    .unwrap();
+    match refused {
+        Err(RepoError::Locked(why)) => assert!(why.contains("another prune is running"), "{why}"),
+        other => panic!("repair ran beside a prune: {other:?}"),
+    }
+    let after: Vec<String> = storage.list(ObjectKind::Index).unwrap().into_iter().map(|o| o.name).collect();
+    assert_eq!(after, before, "the refused repair wrote or deleted index segments");
+    assert!(storage.list(ObjectKind::Lock).unwrap().is_empty(), "a lock was left behind");
+    let r = repair_index(&w.open(storage.clone()), None).unwrap();
+    assert!(r.packs > 0 && r.old_segments == before.len(), "{r:?}");
+    assert!(storage.list(ObjectKind::Lock).unwrap().is_empty(), "the repair left its lock");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,7 +395,7 @@ fn damage(w: &World) -> Damaged {
     for pack in packs {
         let storage = Arc::new(copy(&w.source));
         storage.delete(ObjectKind::Pack, &pack.to_hex()).unwrap();
-        repair_index(&w.open(storage.clone())).unwrap();
+        repair_index(&w.open(storage.clone()), None).unwrap();
         let storage = copy(&*storage);
         let fs = Arc::new(FaultStorage::new(copy(&storage)));
         let repo = w.open(fs.clone());

@@ -27,7 +27,7 @@ fn damaged(tmp: &std::path::Path) -> (MemoryStorage, std::path::PathBuf) {
     backup_paths(&repo, std::slice::from_ref(&src), &BackupOptions::default()).unwrap();
     let data = data_packs(&repo);
     storage.delete(ObjectKind::Pack, &data[0].to_hex()).unwrap();
-    repair_index(&repo).unwrap();
+    repair_index(&repo, None).unwrap();
     (copy(&*storage), src)
 }
 
