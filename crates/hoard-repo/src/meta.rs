@@ -43,10 +43,25 @@ fn lookup_group(gid: u32) -> String {
 
 impl Names {
     pub fn user(&self, uid: u32) -> String {
-        self.users.lock().unwrap().entry(uid).or_insert_with(|| lookup_user(uid)).clone()
+        self.user_reusing(uid, None)
     }
     pub fn group(&self, gid: u32) -> String {
-        self.groups.lock().unwrap().entry(gid).or_insert_with(|| lookup_group(gid)).clone()
+        self.group_reusing(gid, None)
+    }
+    /// The name of `uid`: moved out of `reuse` when that holds the same name (no allocation),
+    /// else a copy.
+    pub fn user_reusing(&self, uid: u32, reuse: Option<&mut String>) -> String {
+        reuse_or_copy(self.users.lock().unwrap().entry(uid).or_insert_with(|| lookup_user(uid)), reuse)
+    }
+    pub fn group_reusing(&self, gid: u32, reuse: Option<&mut String>) -> String {
+        reuse_or_copy(self.groups.lock().unwrap().entry(gid).or_insert_with(|| lookup_group(gid)), reuse)
+    }
+}
+
+fn reuse_or_copy(name: &str, reuse: Option<&mut String>) -> String {
+    match reuse {
+        Some(r) if r == name => std::mem::take(r),
+        _ => name.to_owned(),
     }
 }
 
@@ -69,17 +84,23 @@ pub fn kind_of(m: &Metadata) -> NodeKind {
     }
 }
 
-/// A node from `lstat` data (no content, no subtree yet).
-pub fn node_from_metadata(name: &[u8], m: &Metadata, names: &Names) -> Node {
+/// A node from `lstat` data (no content, no subtree yet). `reuse` is the entry of the same name
+/// in the parent snapshot, if any: its owner and group names are moved into the new node when
+/// they are the same, so an unchanged entry costs no allocation for them.
+pub fn node_from_metadata(name: Vec<u8>, m: &Metadata, names: &Names, reuse: Option<&mut Node>) -> Node {
     let kind = kind_of(m);
+    let (user, group) = match reuse {
+        Some(p) => (names.user_reusing(m.uid(), Some(&mut p.user)), names.group_reusing(m.gid(), Some(&mut p.group))),
+        None => (names.user(m.uid()), names.group(m.gid())),
+    };
     Node {
-        name: name.to_vec(),
+        name,
         kind: Some(kind),
         mode: m.mode() & 0o7777,
         uid: m.uid(),
         gid: m.gid(),
-        user: names.user(m.uid()),
-        group: names.group(m.gid()),
+        user,
+        group,
         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
         ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
         inode: m.ino(),
@@ -108,4 +129,29 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unchanged entry's owner name is moved out of the parent's node; a name that differs
+    /// from the parent's (the account was renamed) is the current one, and the parent's stays.
+    #[test]
+    fn owner_names_are_reused_only_when_they_are_the_same() {
+        let names = Names::default();
+        names.users.lock().unwrap().insert(1000, "alice".into());
+        names.groups.lock().unwrap().insert(1000, "staff".into());
+        let mut same = String::from("alice");
+        assert_eq!(names.user_reusing(1000, Some(&mut same)), "alice");
+        assert!(same.is_empty(), "the parent's name was copied, not moved");
+        let mut renamed = String::from("bob");
+        assert_eq!(names.user_reusing(1000, Some(&mut renamed)), "alice");
+        assert_eq!(renamed, "bob");
+        let mut group = String::from("wheel");
+        assert_eq!(names.group_reusing(1000, Some(&mut group)), "staff");
+        assert_eq!(group, "wheel");
+        assert_eq!(names.user(1000), "alice");
+        assert_eq!(names.users.lock().unwrap()[&1000], "alice", "the cache lost the name");
+    }
 }

@@ -176,26 +176,34 @@ impl Walker<'_, '_> {
         root_dev: Option<u64>,
     ) -> Result<usize> {
         let mut pending = Vec::with_capacity(names.len());
-        // Files that look unchanged: their slot in `pending`, path and metadata.
-        let mut unchanged: Vec<(usize, PathBuf, fs::Metadata)> = Vec::new();
+        // Files that look unchanged: their slot in `pending`, and their metadata.
+        let mut unchanged: Vec<(usize, fs::Metadata)> = Vec::new();
+        // An entry's path is made only where it is needed: an unchanged file needs none.
+        let join = |name: &[u8]| dir.join(std::ffi::OsStr::from_bytes(name));
         for (name, sel, listed) in names {
             if self.opts.cancel.load(Relaxed) {
                 return Err(RepoError::Interrupted);
             }
-            let path = dir.join(std::ffi::OsStr::from_bytes(&name));
-            let meta = match listed.map_or_else(|| fs::symlink_metadata(&path), Ok) {
+            let meta = match listed.map_or_else(|| fs::symlink_metadata(join(&name)), Ok) {
                 Ok(m) => m,
                 Err(e) => {
-                    self.error(format!("{}: {e}", path.display()));
+                    self.error(format!("{}: {e}", join(&name).display()));
                     continue;
                 }
             };
-            let mut node = node_from_metadata(&name, &meta, &self.names);
             let at = find(parent.as_deref(), &name);
+            let reuse = match (at, parent.as_deref_mut()) {
+                (Some(i), Some(t)) => Some(&mut t.nodes[i]),
+                _ => None,
+            };
+            let mut node = node_from_metadata(name, &meta, &self.names, reuse);
             let pnode = at.and_then(|i| parent.as_deref().map(|t| &t.nodes[i]));
-            let xattrs = |node: &mut Node| match read_xattrs(&path) {
-                Ok(x) => node.xattrs = x,
-                Err(e) => self.warn(format!("{}: extended attributes not read: {e}", path.display())),
+            let xattrs = |node: &mut Node| {
+                let path = join(&node.name);
+                match read_xattrs(&path) {
+                    Ok(x) => node.xattrs = x,
+                    Err(e) => self.warn(format!("{}: extended attributes not read: {e}", path.display())),
+                }
             };
             if self.portable.is_some() {
                 xattrs(&mut node);
@@ -223,6 +231,7 @@ impl Walker<'_, '_> {
             }
             match node.kind() {
                 NodeKind::Dir => {
+                    let path = join(&node.name);
                     let root_dev = root_dev.or(Some(meta.dev()));
                     let mut psub = self.parent_subtree(at.and_then(|i| parent.as_deref().map(|t| &t.nodes[i])));
                     let slot = match sel {
@@ -256,14 +265,16 @@ impl Walker<'_, '_> {
                         // a prune) is asked for the whole directory at once, below.
                         let t = parent.as_deref_mut().expect("an unchanged file has a parent tree");
                         node.content = std::mem::take(&mut t.nodes[at.expect("and a node in it")].content);
-                        unchanged.push((pending.len(), path, meta));
+                        unchanged.push((pending.len(), meta));
                         pending.push(Pending::Ready(node));
                     } else {
                         let new = at.is_none();
+                        let path = join(&node.name);
                         pending.push(self.read_file(node, path, meta, new)?);
                     }
                 }
                 NodeKind::Symlink => {
+                    let path = join(&node.name);
                     match fs::read_link(&path) {
                         Ok(t) => node.link_target = t.into_os_string().into_vec(),
                         Err(e) => {
@@ -297,7 +308,7 @@ impl Walker<'_, '_> {
                 let live = self.live.borrow();
                 self.packer.repo().contents_live(&contents, live.as_ref().and_then(Option::as_ref))?
             };
-            for ((i, path, meta), live) in unchanged.into_iter().zip(live) {
+            for ((i, meta), live) in unchanged.into_iter().zip(live) {
                 if live {
                     let Pending::Ready(n) = &pending[i] else { unreachable!("checked above") };
                     let mut s = self.summary.lock().unwrap();
@@ -310,6 +321,7 @@ impl Walker<'_, '_> {
                         unreachable!("checked above")
                     };
                     n.content = Content::None;
+                    let path = join(&n.name);
                     pending[i] = self.read_file(n, path, meta, false)?;
                 }
             }
@@ -593,7 +605,7 @@ pub(crate) fn tree_of_dir(
     if !meta.is_dir() {
         return Err(RepoError::Invalid(format!("{} is not a directory", dir.display())));
     }
-    let mut root = node_from_metadata(b"", &meta, &Names::default());
+    let mut root = node_from_metadata(Vec::new(), &meta, &Names::default(), None);
     super::volume::portable(&mut root);
     let filter = Filter::new(opts)?;
     let lookahead = Lookahead::start(&[dir.to_path_buf()], opts)?;
