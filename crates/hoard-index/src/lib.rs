@@ -323,17 +323,35 @@ impl IndexCache {
 
     /// Calls `f` with the id of every blob in a pack that is not condemned, in id order, each
     /// once.
+    ///
+    /// One scan of the table in its key order (id, pack), with the copies of an id and the
+    /// condemned packs skipped here: SQLite's `DISTINCT` and `NOT IN` cost three to four times
+    /// the scan itself on a million rows (0.46–0.58 s against 0.08–0.16 s in the `sqlite3`
+    /// shell), and a backup of many unchanged files waits for this.
     pub fn for_each_live_id(&self, mut f: impl FnMut(&[u8])) -> Result<()> {
-        let mut st = self
-            .conn
-            .prepare("SELECT DISTINCT id FROM blobs WHERE pack NOT IN (SELECT pack FROM temp.condemned) ORDER BY id")
-            .map_err(|e| self.err(e))?;
-        let mut rows = st.query([]).map_err(|e| self.err(e))?;
-        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let id = r.get_ref(0).and_then(|v| v.as_blob().map_err(Into::into)).map_err(|e| self.err(e))?;
-            f(id);
-        }
-        Ok(())
+        let r = (|| -> rusqlite::Result<()> {
+            let condemned: HashSet<Vec<u8>> = {
+                let mut st = self.conn.prepare("SELECT pack FROM temp.condemned")?;
+                let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut st = self.conn.prepare("SELECT id, pack FROM blobs ORDER BY id, pack")?;
+            let mut rows = st.query([])?;
+            let mut last: Vec<u8> = Vec::new();
+            while let Some(r) = rows.next()? {
+                if !condemned.is_empty() && condemned.contains(r.get_ref(1)?.as_blob()?) {
+                    continue;
+                }
+                let id = r.get_ref(0)?.as_blob()?;
+                if id != last.as_slice() {
+                    last.clear();
+                    last.extend_from_slice(id);
+                    f(id);
+                }
+            }
+            Ok(())
+        })();
+        r.map_err(|e| self.err(e))
     }
 
     /// Names of segments that an ingested segment supersedes: never to be ingested again, even
@@ -568,6 +586,34 @@ mod tests {
         assert_eq!(c.copied_id(&b, &Id([5; 32])).unwrap(), Some(Id([51; 32])));
         assert_eq!(c.copied_id(&a, &Id([6; 32])).unwrap(), Some(Id([61; 32])));
         assert_eq!(c.copied_id(&b, &Id([6; 32])).unwrap(), None);
+    }
+
+    /// Every id in a pack that is not condemned, once, in order; an id whose only copies are
+    /// condemned is left out.
+    #[test]
+    fn live_ids_skip_copies_and_condemned_packs() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = IndexCache::open(&d.path().join("index.sqlite"), &Id([9; 32])).unwrap();
+        let (a, b, x) = (Id([1; 32]), Id([2; 32]), Id([3; 32]));
+        let seg = IndexSegment {
+            packs: vec![
+                index_pack(a, 1000, vec![entry(7, 0), entry(5, 100), entry(6, 200)]),
+                index_pack(b, 1000, vec![entry(6, 0), entry(8, 100)]),
+                index_pack(x, 1000, vec![entry(8, 0), entry(9, 100)]),
+            ],
+            superseded: vec![],
+        };
+        c.add_segment("s1", &seg).unwrap();
+        let live = |c: &IndexCache| {
+            let mut out = Vec::new();
+            c.for_each_live_id(|id| out.push(id[0])).unwrap();
+            out
+        };
+        assert_eq!(live(&c), vec![5, 6, 7, 8, 9]);
+        c.set_condemned(&HashSet::from([x])).unwrap();
+        assert_eq!(live(&c), vec![5, 6, 7, 8], "9 is only in the condemned pack, 8 has another copy");
+        c.set_condemned(&HashSet::from([a, b])).unwrap();
+        assert_eq!(live(&c), vec![8, 9]);
     }
 
     #[test]
