@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use hoard_core::format::index::IndexPack;
-use hoard_core::format::lock::LockKind;
 use hoard_core::format::pack;
 use hoard_core::format::tree::{Node, NodeKind};
 use hoard_core::format::ObjectKind;
@@ -240,14 +239,7 @@ pub struct RepairIndexReport {
 /// segments were listed is not superseded, and its packs were written before it.
 pub fn repair_index(repo: &Repository, lock_stale: Option<Duration>) -> Result<RepairIndexReport> {
     let stale = lock_stale.unwrap_or(DEFAULT_STALE);
-    Session::run(repo, LockKind::Prune, stale, |session| {
-        session.take_prune_lock()?;
-        let r = rebuild_index(repo, session);
-        if let Err(e) = session.release_prune_lock() {
-            tracing::warn!("could not remove the prune lock: {e} (the next prune will find it stale)");
-        }
-        r
-    })
+    Session::with_prune_lock(repo, stale, |session| rebuild_index(repo, session))
 }
 
 fn rebuild_index(repo: &Repository, session: &Session) -> Result<RepairIndexReport> {

@@ -329,6 +329,24 @@ impl<'r> Session<'r> {
         Ok(())
     }
 
+    /// Runs `f` in a prune session holding the exclusive prune lock, which it removes when
+    /// `f` returns (a removal that fails is only warned about: the next prune finds the lock
+    /// stale). Prune and `repair index` run this way.
+    pub fn with_prune_lock<T>(
+        repo: &'r Repository,
+        stale: Duration,
+        f: impl FnOnce(&Session<'r>) -> Result<T>,
+    ) -> Result<T> {
+        Session::run(repo, LockKind::Prune, stale, |session| {
+            session.take_prune_lock()?;
+            let r = f(session);
+            if let Err(e) = session.release_prune_lock() {
+                tracing::warn!("could not remove the prune lock: {e} (the next prune will find it stale)");
+            }
+            r
+        })
+    }
+
     /// Takes the exclusive prune lock, replacing it when its holder's session is stale.
     pub fn take_prune_lock(&self) -> Result<()> {
         let body = Lock {

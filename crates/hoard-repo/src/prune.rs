@@ -370,14 +370,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     }
     check_version(repo)?;
     let stale = opts.lock_stale.unwrap_or(DEFAULT_STALE);
-    Session::run(repo, LockKind::Prune, stale, |session| {
-        session.take_prune_lock()?;
-        let r = run(repo, opts, session, stale);
-        if let Err(e) = session.release_prune_lock() {
-            tracing::warn!("could not remove the prune lock: {e} (the next prune will find it stale)");
-        }
-        r
-    })
+    Session::with_prune_lock(repo, stale, |session| run(repo, opts, session, stale))
 }
 
 fn run(repo: &Repository, opts: &PruneOptions, session: &Session, stale: Duration) -> Result<PruneReport> {
