@@ -10,10 +10,12 @@
 //! | `pack_writing`     | `PackBuilder::add` (level 3) of every 1 MiB piece, or of every DUMPS  |
 //! |                    | chunk (packs of 16 MiB, as the repository's default), then `finish`   |
 //! | `index_lookup`     | one `IndexCache::lookup` in a cache of 100,000 blobs (present/absent) |
+//! | `index_insert`     | `IndexCache::add_segment` of 45,000 blobs in 15 packs (a night 1 of  |
+//! |                    | `/usr/share`) into an empty cache                                    |
 //! | `pipeline_backup`  | `backup_stream` into a fresh repository on `MemoryStorage`            |
 //! | `pipeline_restore` | `restore::dump_file` of that stream into `io::sink()`                 |
 //!
-//! Every group but `index_lookup` reports bytes per second of input, on two inputs of 64 MiB
+//! Every group but `index_lookup` and `index_insert` reports bytes per second of input, on two inputs of 64 MiB
 //! made in-process: `incompressible` (BLAKE3 XOF of a seed) and `compressible` (log lines with
 //! pseudo-random fields, about 4x by zstd -3). The pipeline runs on the global rayon pool, so it
 //! uses every core; the other stages are single-threaded.
@@ -316,6 +318,49 @@ fn index_lookup(c: &mut Criterion) {
     g.finish();
 }
 
+/// A backup's last index segment going into the cache: on a first backup it lists nearly every
+/// blob, and the backup waits for it before it writes its snapshot.
+fn index_insert(c: &mut Criterion) {
+    let (packs, per_pack) = (15usize, 3000usize);
+    let seg = IndexSegment {
+        packs: (0..packs)
+            .map(|p| IndexPack {
+                id: fake_id(b"pack", p as u64),
+                len: 16 << 20,
+                entries: (0..per_pack)
+                    .map(|e| PackEntry {
+                        blob_type: BlobType::Data,
+                        id: fake_id(b"blob", (p * per_pack + e) as u64),
+                        offset: (e as u64) << 12,
+                        length: (1 << 12) + 16,
+                        raw_len: 1 << 13,
+                        compressed: true,
+                        nonce: e as u32,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        superseded: vec![],
+    };
+    let mut g = c.benchmark_group("index_insert");
+    g.throughput(Throughput::Elements((packs * per_pack) as u64));
+    g.bench_function(BenchmarkId::new("add_segment", "45k-into-empty"), |b| {
+        b.iter_batched(
+            || {
+                let dir = TempDir::new().unwrap();
+                let cache = IndexCache::open(&dir.path().join("index.sqlite"), &fake_id(b"repo", 0)).unwrap();
+                (dir, cache)
+            },
+            |(dir, mut cache)| {
+                cache.add_segment("bench", &seg).unwrap();
+                (cache, dir)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
 /// An empty repository on `MemoryStorage` with a cheap KDF, its index cache in `cache`.
 fn fresh_repo(cache: &Path) -> Repository {
     let opts =
@@ -383,6 +428,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = chunking, hashing, compression, encryption, pack_writing, index_lookup, pipeline_backup, pipeline_restore
+    targets = chunking, hashing, compression, encryption, pack_writing, index_lookup, index_insert, pipeline_backup, pipeline_restore
 }
 criterion_main!(benches);
