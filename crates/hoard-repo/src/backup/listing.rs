@@ -9,6 +9,12 @@
 //! key derivation (argon2id, about 0.1 s at the default parameters, on both cores since it has
 //! four lanes) too.
 //!
+//! When the kernel no longer has a tree's inodes cached, the `statx` calls wait on the disk and
+//! one thread cannot keep a core busy. So the lister times the first entries of each large
+//! directory, and when the kernel is slow to answer it leaves the rest of the directory to
+//! `STAT_THREADS` stat threads; their listings take their place in the queue in the walk's
+//! order.
+//!
 //! The lookahead follows the walk's rules (exclusions, cache directories, one file system), but
 //! the walk stays the judge of what it visits: it asks for each directory by path, and the first
 //! answer for another path (a directory that changed between the two looks at it) ends the
@@ -24,6 +30,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
@@ -36,6 +43,22 @@ const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55"
 /// their metadata, so about 7 MiB). Enough to keep ahead of a walk through directories of any
 /// usual size; a single larger directory is still handed over whole.
 pub(crate) const LOOKAHEAD_ENTRIES: usize = 4 * 1024;
+
+/// Threads that look at the entries of large directories for the lister. When the kernel no
+/// longer has a tree's inodes cached, reading them back (`statx`) is most of a night's time, and
+/// it waits on the disk: several threads keep both cores and the disk busy.
+const STAT_THREADS: usize = 3;
+
+/// Directories with fewer entries the lister looks at itself; handing them over would cost more
+/// than it saves.
+const HAND_OVER: usize = 64;
+
+/// Entries of a larger directory the lister looks at itself before it decides.
+const PROBE: usize = 32;
+
+/// What a `statx` takes, at most, on average, when the kernel has the inode cached (about 1 µs on
+/// the machine of docs/PERFORMANCE.md; one that has to be read back takes tens of µs).
+const CACHED_STAT: Duration = Duration::from_micros(4);
 
 /// A directory entry: its name and its metadata (`None` when it could not be looked at through
 /// the directory; the walk then looks again by path, and reports the error against the file).
@@ -133,17 +156,22 @@ impl Filter {
     /// the directory's handle (`statx` on the open directory and a name: no path walk from the
     /// root for every file, which was a seventh of night 2's time on a tree of small files).
     pub(crate) fn list(&self, dir: &Path) -> io::Result<Vec<Entry>> {
-        let mut entries: Vec<Entry> = Vec::new();
+        Ok(self.read(dir)?.into_iter().map(|(name, e)| (name, e.metadata().ok())).collect())
+    }
+
+    /// The entries of `dir`, sorted by name, minus exclusions, not yet looked at.
+    fn read(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, fs::DirEntry)>> {
+        let mut found = Vec::new();
         for e in fs::read_dir(dir)? {
             let e = e?;
             let name = e.file_name().into_vec();
             if self.excluded(&dir.join(OsStr::from_bytes(&name))) {
                 continue;
             }
-            entries.push((name, e.metadata().ok()));
+            found.push((name, e));
         }
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(entries)
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(found)
     }
 
     /// Whether the walk enters the directory at `path` (with metadata `meta`) below a root on
@@ -165,12 +193,37 @@ pub(crate) fn is_cachedir(dir: &Path) -> bool {
     }
 }
 
+/// A directory's listing, or why it could not be listed.
+type Listing = io::Result<Vec<Entry>>;
+
+/// A listed entry the lister has not looked at yet (`None`), or has (`Some`, with what it found).
+type Found = (Vec<u8>, fs::DirEntry, Option<Option<fs::Metadata>>);
+
+/// A listing for the stat threads to finish: the entries of the directory at `dir`, which is
+/// item `seq` of the queue.
+struct Job {
+    seq: u64,
+    dir: PathBuf,
+    found: Vec<Found>,
+}
+
+/// A directory's listing as the lister hands it over.
+enum Listed {
+    Done(io::Result<Vec<Entry>>),
+    Todo(Vec<Found>),
+}
+
 #[derive(Default)]
 struct Queue {
-    /// Listings not taken yet, in the walk's order.
-    items: VecDeque<(PathBuf, io::Result<Vec<Entry>>)>,
+    /// Listings not taken yet, in the walk's order: the directory, its listing (`None` while
+    /// a stat thread is still looking at its entries) and what it counts against the budget.
+    items: VecDeque<(PathBuf, Option<Listing>, usize)>,
+    /// The sequence number of `items.front()`; each item's is one more than the one before.
+    front: u64,
     /// Entries in `items`.
     entries: usize,
+    /// Listings waiting for a stat thread, in the walk's order.
+    jobs: VecDeque<Job>,
     /// The lister has listed everything it will.
     finished: bool,
     /// The walk needs no more listings (it finished, failed, or lost step with the lister).
@@ -179,14 +232,21 @@ struct Queue {
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// Signalled when an item is added, finished or taken, and when the queue closes.
     changed: Condvar,
+    /// Signalled when a job is added, the lister finishes, or the queue closes.
+    work: Condvar,
 }
 
 impl Shared {
-    /// Hands a listing to the walk, waiting while the queue is over its budget; `false` when
-    /// the walk wants no more.
-    fn push(&self, dir: PathBuf, listed: io::Result<Vec<Entry>>, budget: usize) -> bool {
-        let n = listed.as_ref().map_or(1, |v| v.len().max(1));
+    /// Hands a listing to the walk (and its entries to the stat threads, when it has any left
+    /// to look at), waiting while the queue is over its budget; `false` when the walk wants no
+    /// more.
+    fn push(&self, dir: PathBuf, listed: Listed, budget: usize) -> bool {
+        let n = match &listed {
+            Listed::Done(l) => l.as_ref().map_or(1, |v| v.len().max(1)),
+            Listed::Todo(found) => found.len().max(1),
+        };
         let mut q = self.queue.lock().unwrap();
         while !q.closed && !q.items.is_empty() && q.entries + n > budget {
             q = self.changed.wait(q).unwrap();
@@ -195,9 +255,53 @@ impl Shared {
             return false;
         }
         q.entries += n;
-        q.items.push_back((dir, listed));
+        match listed {
+            Listed::Done(l) => q.items.push_back((dir, Some(l), n)),
+            Listed::Todo(found) => {
+                let seq = q.front + q.items.len() as u64;
+                q.items.push_back((dir.clone(), None, n));
+                q.jobs.push_back(Job { seq, dir, found });
+                self.work.notify_one();
+            }
+        }
         self.changed.notify_all();
         true
+    }
+
+    /// The next job for a stat thread; `None` when there will be none.
+    fn job(&self) -> Option<Job> {
+        let mut q = self.queue.lock().unwrap();
+        loop {
+            if q.closed {
+                return None;
+            }
+            if let Some(j) = q.jobs.pop_front() {
+                return Some(j);
+            }
+            if q.finished {
+                return None;
+            }
+            q = self.work.wait(q).unwrap();
+        }
+    }
+
+    /// Puts a finished job's listing in its place in the queue.
+    fn done(&self, seq: u64, entries: Vec<Entry>) {
+        let mut q = self.queue.lock().unwrap();
+        if q.closed {
+            return;
+        }
+        // Items leave the queue only from the front and only once finished, so an unfinished
+        // one is still where it was put.
+        let at = (seq - q.front) as usize;
+        q.items[at].1 = Some(Ok(entries));
+        self.changed.notify_all();
+    }
+
+    fn finish(&self) {
+        self.queue.lock().unwrap().finished = true;
+        self.changed.notify_all();
+        self.work.notify_all();
     }
 
     fn closed(&self) -> bool {
@@ -208,8 +312,24 @@ impl Shared {
         let mut q = self.queue.lock().unwrap();
         q.closed = true;
         q.items.clear();
+        q.jobs.clear();
         q.entries = 0;
         self.changed.notify_all();
+        self.work.notify_all();
+    }
+}
+
+/// Sets [`Queue::finished`] (the lister) or closes the queue (a stat thread) when dropped, also
+/// when the thread panics: the walk must never wait for it in vain.
+struct Guard<'a>(&'a Shared, bool);
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.finish();
+        } else if std::thread::panicking() {
+            self.0.close();
+        }
     }
 }
 
@@ -220,7 +340,7 @@ pub struct Lookahead {
     pub(crate) shown: Vec<String>,
     filter: Filter,
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Lookahead {
@@ -229,26 +349,51 @@ impl Lookahead {
     /// that does not parse.
     pub fn start(paths: &[PathBuf], opts: &BackupOptions) -> Result<Lookahead> {
         let (selection, shown) = select(paths)?;
-        Lookahead::over(selection, shown, opts, LOOKAHEAD_ENTRIES)
+        Lookahead::over(selection, shown, opts, LOOKAHEAD_ENTRIES, CACHED_STAT)
     }
 
-    fn over(selection: Selection, shown: Vec<String>, opts: &BackupOptions, budget: usize) -> Result<Lookahead> {
+    /// `cached_stat`: see [`CACHED_STAT`] (tests set zero, so that every large directory is handed
+    /// over).
+    fn over(
+        selection: Selection,
+        shown: Vec<String>,
+        opts: &BackupOptions,
+        budget: usize,
+        cached_stat: Duration,
+    ) -> Result<Lookahead> {
         let mut roots = Vec::new();
         roots_of(&selection, Path::new("/"), &mut roots);
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), changed: Condvar::new() });
-        let lister = Lister { filter: Filter::new(opts)?, shared: shared.clone(), budget };
+        let shared =
+            Arc::new(Shared { queue: Mutex::new(Queue::default()), changed: Condvar::new(), work: Condvar::new() });
+        // Dropped on an early return: stops and joins the threads already started.
+        let mut la =
+            Lookahead { selection, shown, filter: Filter::new(opts)?, shared: shared.clone(), threads: Vec::new() };
+        for i in 0..STAT_THREADS {
+            let shared = shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("hoard-stat-{i}"))
+                .spawn(move || {
+                    let _guard = Guard(&shared, false);
+                    while let Some(job) = shared.job() {
+                        let entries = job
+                            .found
+                            .into_iter()
+                            .map(|(name, e, meta)| {
+                                let meta = meta.unwrap_or_else(|| look(&job.dir, &name, &e));
+                                (name, meta)
+                            })
+                            .collect();
+                        shared.done(job.seq, entries);
+                    }
+                })
+                .map_err(|e| RepoError::io("starting a directory lister thread", e))?;
+            la.threads.push(t);
+        }
+        let lister = Lister { filter: Filter::new(opts)?, shared: shared.clone(), budget, cached_stat };
         let thread = std::thread::Builder::new()
             .name("hoard-lister".into())
             .spawn(move || {
-                struct Finish<'a>(&'a Shared);
-                impl Drop for Finish<'_> {
-                    // Also when the lister panics: the walk must never wait for it in vain.
-                    fn drop(&mut self) {
-                        self.0.queue.lock().unwrap().finished = true;
-                        self.0.changed.notify_all();
-                    }
-                }
-                let _finish = Finish(&lister.shared);
+                let _guard = Guard(&lister.shared, true);
                 for root in roots {
                     let Ok(meta) = fs::symlink_metadata(&root) else { continue };
                     if meta.is_dir()
@@ -260,7 +405,8 @@ impl Lookahead {
                 }
             })
             .map_err(|e| RepoError::io("starting the directory lister thread", e))?;
-        Ok(Lookahead { selection, shown, filter: Filter::new(opts)?, shared, thread: Some(thread) })
+        la.threads.push(thread);
+        Ok(la)
     }
 
     /// Whether this lookahead lists by the same rules as a backup with `opts`.
@@ -276,7 +422,7 @@ impl Lookahead {
             if q.closed {
                 return None;
             }
-            if let Some((path, _)) = q.items.front() {
+            if let Some((path, listed, _)) = q.items.front() {
                 if path != dir {
                     tracing::debug!(
                         "the directory lister went to {} where the walk went to {}; the walk lists for itself",
@@ -287,12 +433,14 @@ impl Lookahead {
                     self.shared.close();
                     return None;
                 }
-                let (_, listed) = q.items.pop_front().expect("front exists");
-                q.entries -= listed.as_ref().map_or(1, |v| v.len().max(1));
-                self.shared.changed.notify_all();
-                return Some(listed);
-            }
-            if q.finished {
+                if listed.is_some() {
+                    let (_, listed, n) = q.items.pop_front().expect("front exists");
+                    q.front += 1;
+                    q.entries -= n;
+                    self.shared.changed.notify_all();
+                    return listed;
+                }
+            } else if q.finished {
                 return None;
             }
             q = self.shared.changed.wait(q).unwrap();
@@ -303,7 +451,7 @@ impl Lookahead {
 impl Drop for Lookahead {
     fn drop(&mut self) {
         self.shared.close();
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -320,10 +468,17 @@ fn roots_of(sel: &Selection, path: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The metadata of entry `name` of `dir`: through the directory's handle, or by path when that
+/// fails (the walk would look by path; so does the lister, sparing it that).
+fn look(dir: &Path, name: &[u8], e: &fs::DirEntry) -> Option<fs::Metadata> {
+    e.metadata().ok().or_else(|| fs::symlink_metadata(dir.join(OsStr::from_bytes(name))).ok())
+}
+
 struct Lister {
     filter: Filter,
     shared: Arc<Shared>,
     budget: usize,
+    cached_stat: Duration,
 }
 
 impl Lister {
@@ -333,22 +488,42 @@ impl Lister {
         if self.shared.closed() {
             return false;
         }
-        let mut listed = self.filter.list(&dir);
         let mut subdirs = Vec::new();
-        if let Ok(entries) = &mut listed {
-            for (name, meta) in entries.iter_mut() {
-                let path = dir.join(OsStr::from_bytes(name));
-                if meta.is_none() {
-                    // The walk would look by path; so does the lister, sparing it that.
-                    *meta = fs::symlink_metadata(&path).ok();
-                }
-                if let Some(m) = meta {
-                    if m.is_dir() && self.filter.enters(&path, m, root_dev) {
-                        subdirs.push(path);
+        let listed = match self.filter.read(&dir) {
+            Err(e) => Listed::Done(Err(e)),
+            Ok(found) => {
+                // The lister looks at subdirectories itself (the file type from the listing
+                // tells them apart), since it goes on into them next. Of a large directory it
+                // looks at the first entries and times them: when the kernel answers from its
+                // caches, handing the rest over would only cost, and it goes on by itself;
+                // when the kernel has to read the inodes back, it leaves the rest to the stat
+                // threads.
+                let mut inline = true;
+                let started = Instant::now();
+                let n = found.len();
+                let mut found: Vec<Found> = found.into_iter().map(|(name, e)| (name, e, None)).collect();
+                for (i, (name, e, meta)) in found.iter_mut().enumerate() {
+                    if i == PROBE && n >= HAND_OVER {
+                        inline = started.elapsed() < PROBE as u32 * self.cached_stat;
+                    }
+                    if inline || e.file_type().map_or(true, |t| t.is_dir()) {
+                        let m = look(&dir, name, e);
+                        if let Some(m) = &m {
+                            let path = dir.join(OsStr::from_bytes(name));
+                            if m.is_dir() && self.filter.enters(&path, m, root_dev) {
+                                subdirs.push(path);
+                            }
+                        }
+                        *meta = Some(m);
                     }
                 }
+                if inline {
+                    Listed::Done(Ok(found.into_iter().map(|(name, _, meta)| (name, meta.flatten())).collect()))
+                } else {
+                    Listed::Todo(found)
+                }
             }
-        }
+        };
         if !self.shared.push(dir, listed, self.budget) {
             return false;
         }
@@ -391,12 +566,12 @@ mod tests {
             Some(l) => (l.unwrap(), 0),
             None => (filter.list(dir).unwrap(), 1),
         };
-        assert_eq!(
-            entries.iter().map(|e| &e.0).collect::<Vec<_>>(),
-            filter.list(dir).unwrap().iter().map(|e| &e.0).collect::<Vec<_>>(),
-            "{}",
-            dir.display()
-        );
+        // Names, and what a stat thread or the lister found: the same as listing it here.
+        type Seen = (Vec<u8>, Option<(u64, u64, bool)>);
+        let seen_as = |l: &[Entry]| -> Vec<Seen> {
+            l.iter().map(|(n, m)| (n.clone(), m.as_ref().map(|m| (m.ino(), m.len(), m.is_dir())))).collect()
+        };
+        assert_eq!(seen_as(&entries), seen_as(&filter.list(dir).unwrap()), "{}", dir.display());
         seen.push(dir.to_path_buf());
         for (name, meta) in entries {
             let path = dir.join(OsStr::from_bytes(&name));
@@ -415,7 +590,7 @@ mod tests {
         // A budget far below the tree's size: the lister must wait for the walk and go on.
         for budget in [1, 3, LOOKAHEAD_ENTRIES] {
             let (sel, shown) = select(std::slice::from_ref(&root)).unwrap();
-            let la = Lookahead::over(sel, shown, &opts(), budget).unwrap();
+            let la = Lookahead::over(sel, shown, &opts(), budget, CACHED_STAT).unwrap();
             let filter = Filter::new(&opts()).unwrap();
             let mut seen = Vec::new();
             let dev = fs::metadata(&root).unwrap().dev();
@@ -429,13 +604,65 @@ mod tests {
     }
 
     #[test]
+    fn large_directories_handed_to_the_stat_threads_come_back_in_the_walks_order() {
+        let t = tree();
+        let r = t.path();
+        // Two directories past HAND_OVER, one inside the other, with subdirectories between
+        // their files and a file after them.
+        for d in ["big/m", "big/sub/x", "big/zz", "big/sub/large"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        for i in 0..(HAND_OVER * 3) {
+            fs::write(r.join(format!("big/f{i:04}")), vec![b'y'; i]).unwrap();
+            fs::write(r.join(format!("big/sub/large/g{i:04}")), vec![b'z'; i % 7]).unwrap();
+        }
+        let root = r.to_path_buf();
+        for budget in [1, 50, LOOKAHEAD_ENTRIES] {
+            let (sel, shown) = select(std::slice::from_ref(&root)).unwrap();
+            // Every directory of HAND_OVER entries or more goes to the stat threads.
+            let la = Lookahead::over(sel, shown, &opts(), budget, Duration::ZERO).unwrap();
+            let filter = Filter::new(&opts()).unwrap();
+            let mut seen = Vec::new();
+            let dev = fs::metadata(&root).unwrap().dev();
+            assert_eq!(walk(&la, &filter, &root, dev, &mut seen), 0, "budget {budget}: the walk listed for itself");
+            let rel: Vec<_> =
+                seen.iter().map(|p| p.strip_prefix(&root).unwrap().to_str().unwrap().to_owned()).collect();
+            assert_eq!(
+                rel,
+                [
+                    "",
+                    "a",
+                    "a/b",
+                    "a/b/c",
+                    "a/d",
+                    "big",
+                    "big/m",
+                    "big/sub",
+                    "big/sub/large",
+                    "big/sub/x",
+                    "big/zz",
+                    "e",
+                    "empty"
+                ],
+                "budget {budget}"
+            );
+            assert!(la.take(&root.join("a")).is_none());
+        }
+        // Dropped while the stat threads still have work: nothing hangs.
+        let (sel, shown) = select(std::slice::from_ref(&root)).unwrap();
+        let la = Lookahead::over(sel, shown, &opts(), 1, Duration::ZERO).unwrap();
+        assert!(la.take(&root).is_some());
+        drop(la);
+    }
+
+    #[test]
     fn several_named_paths_are_listed_in_the_walks_order() {
         let t = tree();
         let r = t.path();
         // Named out of order, one inside another's parent, one a file.
         let paths = [r.join("e"), r.join("a/d"), r.join("top"), r.join("a/b")];
         let (sel, shown) = select(&paths).unwrap();
-        let la = Lookahead::over(sel, shown, &opts(), LOOKAHEAD_ENTRIES).unwrap();
+        let la = Lookahead::over(sel, shown, &opts(), LOOKAHEAD_ENTRIES, CACHED_STAT).unwrap();
         let filter = Filter::new(&opts()).unwrap();
         let mut seen = Vec::new();
         for d in ["a/b", "a/d", "e"] {
@@ -451,7 +678,7 @@ mod tests {
         let t = tree();
         let root = t.path().to_path_buf();
         let (sel, shown) = select(std::slice::from_ref(&root)).unwrap();
-        let la = Lookahead::over(sel, shown, &opts(), LOOKAHEAD_ENTRIES).unwrap();
+        let la = Lookahead::over(sel, shown, &opts(), LOOKAHEAD_ENTRIES, CACHED_STAT).unwrap();
         assert!(la.take(&root).is_some());
         // The walk skips "a" (as if it had become a file since the lister looked).
         assert!(la.take(&root.join("e")).is_none());
@@ -467,7 +694,7 @@ mod tests {
         }
         let (sel, shown) = select(&[t.path().to_path_buf()]).unwrap();
         // The lister blocks at its budget after the first listing; dropping must not hang.
-        let la = Lookahead::over(sel, shown, &opts(), 1).unwrap();
+        let la = Lookahead::over(sel, shown, &opts(), 1, CACHED_STAT).unwrap();
         assert!(la.take(t.path()).is_some());
         drop(la);
     }
