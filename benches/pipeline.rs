@@ -269,30 +269,38 @@ fn fake_id(domain: &[u8], i: u64) -> Id {
     Id(*h.finalize().as_bytes())
 }
 
+/// An index segment of `packs` packs of `per_pack` blobs, each stored in `1 << shift` bytes (and
+/// twice that before compression when `compressed`).
+fn fake_segment(packs: usize, per_pack: usize, shift: u32, compressed: bool) -> IndexSegment {
+    let raw_len = if compressed { 2 << shift } else { 1 << shift };
+    IndexSegment {
+        packs: (0..packs)
+            .map(|p| IndexPack {
+                id: fake_id(b"pack", p as u64),
+                len: (per_pack as u64) << shift,
+                entries: (0..per_pack)
+                    .map(|e| PackEntry {
+                        blob_type: BlobType::Data,
+                        id: fake_id(b"blob", (p * per_pack + e) as u64),
+                        offset: (e as u64) << shift,
+                        length: (1 << shift) + 16,
+                        raw_len,
+                        compressed,
+                        nonce: e as u32,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        superseded: vec![],
+    }
+}
+
 fn index_lookup(c: &mut Criterion) {
     let dir = TempDir::new().unwrap();
     let repo_id = fake_id(b"repo", 0);
     let mut cache = IndexCache::open(&dir.path().join("index.sqlite"), &repo_id).unwrap();
     // 100 packs of 1,000 blobs of 64 KiB, as a dump's chunks would be.
-    let per_pack = 1000;
-    let packs = (0..INDEX_BLOBS / per_pack)
-        .map(|p| IndexPack {
-            id: fake_id(b"pack", p as u64),
-            len: (per_pack as u64) << 16,
-            entries: (0..per_pack)
-                .map(|e| PackEntry {
-                    blob_type: BlobType::Data,
-                    id: fake_id(b"blob", (p * per_pack + e) as u64),
-                    offset: (e as u64) << 16,
-                    length: (1 << 16) + 16,
-                    raw_len: 1 << 16,
-                    compressed: false,
-                    nonce: e as u32,
-                })
-                .collect(),
-        })
-        .collect();
-    cache.add_segment("bench", &IndexSegment { packs, superseded: vec![] }).unwrap();
+    cache.add_segment("bench", &fake_segment(INDEX_BLOBS / 1000, 1000, 16, false)).unwrap();
 
     let mut g = c.benchmark_group("index_lookup");
     g.throughput(Throughput::Elements(1));
@@ -322,26 +330,8 @@ fn index_lookup(c: &mut Criterion) {
 /// blob, and the backup waits for it before it writes its snapshot.
 fn index_insert(c: &mut Criterion) {
     let (packs, per_pack) = (15usize, 3000usize);
-    let seg = IndexSegment {
-        packs: (0..packs)
-            .map(|p| IndexPack {
-                id: fake_id(b"pack", p as u64),
-                len: 16 << 20,
-                entries: (0..per_pack)
-                    .map(|e| PackEntry {
-                        blob_type: BlobType::Data,
-                        id: fake_id(b"blob", (p * per_pack + e) as u64),
-                        offset: (e as u64) << 12,
-                        length: (1 << 12) + 16,
-                        raw_len: 1 << 13,
-                        compressed: true,
-                        nonce: e as u32,
-                    })
-                    .collect(),
-            })
-            .collect(),
-        superseded: vec![],
-    };
+    // Blobs of 8 KiB that compressed to 4 KiB, as small files' would be.
+    let seg = fake_segment(packs, per_pack, 12, true);
     let mut g = c.benchmark_group("index_insert");
     g.throughput(Throughput::Elements((packs * per_pack) as u64));
     g.bench_function(BenchmarkId::new("add_segment", "45k-into-empty"), |b| {

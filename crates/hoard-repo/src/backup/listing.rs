@@ -583,20 +583,27 @@ mod tests {
         own
     }
 
+    /// Walks the whole tree at `root` with a lookahead of `budget` entries, checking that the
+    /// walk never had to list for itself; returns the lookahead and the directories, relative
+    /// to `root`, in the order visited.
+    fn walk_whole(root: &Path, budget: usize, cached_stat: Duration) -> (Lookahead, Vec<String>) {
+        let (sel, shown) = select(&[root.to_path_buf()]).unwrap();
+        let la = Lookahead::over(sel, shown, &opts(), budget, cached_stat).unwrap();
+        let filter = Filter::new(&opts()).unwrap();
+        let mut seen = Vec::new();
+        let dev = fs::metadata(root).unwrap().dev();
+        assert_eq!(walk(&la, &filter, root, dev, &mut seen), 0, "budget {budget}: the walk listed for itself");
+        let rel = seen.iter().map(|p| p.strip_prefix(root).unwrap().to_str().unwrap().to_owned()).collect();
+        (la, rel)
+    }
+
     #[test]
     fn the_lister_lists_every_directory_the_walk_enters_in_the_walks_order() {
         let t = tree();
         let root = t.path().to_path_buf();
         // A budget far below the tree's size: the lister must wait for the walk and go on.
         for budget in [1, 3, LOOKAHEAD_ENTRIES] {
-            let (sel, shown) = select(std::slice::from_ref(&root)).unwrap();
-            let la = Lookahead::over(sel, shown, &opts(), budget, CACHED_STAT).unwrap();
-            let filter = Filter::new(&opts()).unwrap();
-            let mut seen = Vec::new();
-            let dev = fs::metadata(&root).unwrap().dev();
-            assert_eq!(walk(&la, &filter, &root, dev, &mut seen), 0, "budget {budget}: the walk listed for itself");
-            let rel: Vec<_> =
-                seen.iter().map(|p| p.strip_prefix(&root).unwrap().to_str().unwrap().to_owned()).collect();
+            let (la, rel) = walk_whole(&root, budget, CACHED_STAT);
             assert_eq!(rel, ["", "a", "a/b", "a/b/c", "a/d", "e", "empty"], "budget {budget}");
             // Nothing is left over, and a further question is answered by the walk itself.
             assert!(la.take(&root.join("a")).is_none());
@@ -618,15 +625,8 @@ mod tests {
         }
         let root = r.to_path_buf();
         for budget in [1, 50, LOOKAHEAD_ENTRIES] {
-            let (sel, shown) = select(std::slice::from_ref(&root)).unwrap();
             // Every directory of HAND_OVER entries or more goes to the stat threads.
-            let la = Lookahead::over(sel, shown, &opts(), budget, Duration::ZERO).unwrap();
-            let filter = Filter::new(&opts()).unwrap();
-            let mut seen = Vec::new();
-            let dev = fs::metadata(&root).unwrap().dev();
-            assert_eq!(walk(&la, &filter, &root, dev, &mut seen), 0, "budget {budget}: the walk listed for itself");
-            let rel: Vec<_> =
-                seen.iter().map(|p| p.strip_prefix(&root).unwrap().to_str().unwrap().to_owned()).collect();
+            let (la, rel) = walk_whole(&root, budget, Duration::ZERO);
             assert_eq!(
                 rel,
                 [
