@@ -209,7 +209,7 @@ struct Job {
 
 /// A directory's listing as the lister hands it over.
 enum Listed {
-    Done(io::Result<Vec<Entry>>),
+    Done(Listing),
     Todo(Vec<Found>),
 }
 
@@ -386,7 +386,7 @@ impl Lookahead {
                         shared.done(job.seq, entries);
                     }
                 })
-                .map_err(|e| RepoError::io("starting a directory lister thread", e))?;
+                .map_err(|e| RepoError::io("starting a directory stat thread", e))?;
             la.threads.push(t);
         }
         let lister = Lister { filter: Filter::new(opts)?, shared: shared.clone(), budget, cached_stat };
@@ -416,7 +416,7 @@ impl Lookahead {
 
     /// The listing of `dir`, when it is the next one the lister made; `None` when the walk must
     /// list it itself (the lister went elsewhere, or has stopped).
-    pub(crate) fn take(&self, dir: &Path) -> Option<io::Result<Vec<Entry>>> {
+    pub(crate) fn take(&self, dir: &Path) -> Option<Listing> {
         let mut q = self.shared.queue.lock().unwrap();
         loop {
             if q.closed {
