@@ -19,6 +19,13 @@
 //! repository's size is its `du`. One table is printed, with each tool's figures as a ratio to
 //! hoard's, and written as JSON to `<work>/results.json`.
 //!
+//! Beside the three peers runs `tar`, a reference rather than a rival: GNU tar's incremental
+//! archives (`--listed-incremental`, level 0 then level 1) piped through `zstd -3` on every core.
+//! It is what the seeds' nightly `tar czf` scripts would be with zstd and made incremental: no
+//! encryption, no deduplication, no index; read, compress, write. Its times say what this machine
+//! does for the same data with nothing but the compression, so the peers' ratios can be read
+//! against what is possible. The "fastest other tool" ratio counts the peers only.
+//!
 //! With `--rounds N` the whole sequence runs N times, the tools taking turns (hoard, restic,
 //! Borg, rustic, hoard, …), each round on fresh copies; the table then holds each figure's
 //! median over the rounds, and a second table every round's wall times. On a shared virtual
@@ -43,11 +50,14 @@ usage: cargo xtask bench [--work DIR] [--tree PATH] [--pgbench-scale N] [--tools
   --work DIR          where everything goes (default target/bench); results in DIR/results.json
   --tree PATH         the real file tree of night 1 (default /usr/share)
   --pgbench-scale N   pgbench -i scale of the database dumped each night (default 20)
-  --tools LIST        comma list of hoard, restic, borg, rustic (default: all four)
+  --tools LIST        comma list of hoard, restic, borg, rustic, tar (default: all five;
+                      tar is GNU tar --listed-incremental | zstd -3, a reference, not a peer)
   --rounds N          run everything N times, tools taking turns; report medians (default 1)
   --no-install        skip a missing tool instead of installing it (apt-get / cargo install)";
 
-const ALL_TOOLS: [&str; 4] = ["hoard", "restic", "borg", "rustic"];
+const ALL_TOOLS: [&str; 5] = ["hoard", "restic", "borg", "rustic", "tar"];
+/// The tools hoard is measured against; `tar` is a reference for what the machine can do.
+const PEERS: [&str; 3] = ["restic", "borg", "rustic"];
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const PG_PORT: &str = "54329";
 const PASSWORD: &str = "hoard-bench-password";
@@ -204,7 +214,10 @@ pub fn run(args: &[String]) -> Result<()> {
             Ok(())
         };
 
-        step("init", tool.init(&tdir, &repo))?;
+        match tool.init(&tdir, &repo) {
+            Some(c) => step("init", c)?,
+            None => fs::create_dir_all(&repo)?,
+        }
         step("night1", tool.backup(&tdir, &repo, &paths, "night1"))?;
 
         let changes = change_tree(&tree, SEED)?;
@@ -398,6 +411,18 @@ impl Tool {
                 "--encryption repokey-blake2, --compression zstd,3".to_string(),
             ),
             "rustic" => (cargo_tool("rustic", "rustic-rs", no_install)?, "init --set-compression 3".to_string()),
+            "tar" => {
+                let zstd = apt_tool("zstd", "zstd", no_install)?;
+                let (_, out, err) = cmd::output(&mut cmd::new(&zstd, &["--version"]))?;
+                let zv = format!("{out}{err}").lines().next().unwrap_or("").trim().to_string();
+                (
+                    apt_tool("tar", "tar", no_install)?,
+                    format!(
+                        "reference, not a peer: GNU tar --listed-incremental (level 0, then 1) | zstd -3 -T0 ({zv}); \
+                         no encryption, no deduplication"
+                    ),
+                )
+            }
             other => bail!("unknown tool {other}"),
         };
         // restic has a `version` command and no `--version` flag.
@@ -436,17 +461,37 @@ impl Tool {
         c
     }
 
-    fn init(&self, tdir: &Path, repo: &Path) -> Command {
+    /// The command that creates the repository; none for `tar`, whose repository is a directory.
+    fn init(&self, tdir: &Path, repo: &Path) -> Option<Command> {
         let args: &[&str] = match self.name.as_str() {
             "hoard" => &["init", "--kdf-memory", "65536"],
             "restic" => &["init"],
             "borg" => &["init", "--encryption", "repokey-blake2"],
+            "tar" => return None,
             _ => &["init", "--set-compression", "3"],
         };
-        self.command(tdir, repo, args)
+        Some(self.command(tdir, repo, args))
     }
 
     fn backup(&self, tdir: &Path, repo: &Path, paths: &[&Path], night: &str) -> Command {
+        if self.name == "tar" {
+            // Level 0 on night 1, level 1 on night 2: tar keeps the state in `snar`. Only the
+            // files that changed are read and stored on night 2, the directories' listings
+            // record what was deleted.
+            let mut c = cmd::new(
+                "bash",
+                &[
+                    "-c",
+                    r#"set -o pipefail; "$3" --listed-incremental="$1/snar" -cf - "${@:4}" | zstd -3 -T0 -q -o "$1/$2.tar.zst""#,
+                    "bash",
+                    &s(repo),
+                    night,
+                    &self.bin,
+                ],
+            );
+            c.args(paths.iter().map(|p| s(p)));
+            return c;
+        }
         let mut args: Vec<String> = match self.name.as_str() {
             "hoard" => vec!["backup".into(), "--no-progress".into()],
             "restic" | "rustic" => vec!["backup".into()],
@@ -466,6 +511,18 @@ impl Tool {
                 c.current_dir(target);
                 c
             }
+            // Level 0, then level 1, which also deletes what night 2 no longer has.
+            "tar" => cmd::new(
+                "bash",
+                &[
+                    "-c",
+                    r#"set -o pipefail; for n in night1 night2; do zstd -dc -q "$1/$n.tar.zst" | "$3" --listed-incremental=/dev/null -C "$2" -xf - || exit 1; done"#,
+                    "bash",
+                    &s(repo),
+                    &t,
+                    &self.bin,
+                ],
+            ),
             _ => self.command(tdir, repo, &["restore", "latest", &t]),
         }
     }
@@ -984,14 +1041,16 @@ fn render_rounds(rows: &[Row], rounds: u32) -> String {
         }
         t.push('\n');
     }
-    let mut line = String::from("fastest other tool / hoard, wall, per round:");
+    let mut line = String::from("fastest other tool (restic, borg, rustic) / hoard, wall, per round:");
     for step in ["night1", "night2", "restore"] {
         let per: Vec<String> = (1..=rounds)
             .map(|round| {
                 let of = |tool_is_hoard: bool| {
                     rows.iter()
                         .filter(|o| {
-                            o.round == round && step_key(&o.step) == step && (o.tool == "hoard") == tool_is_hoard
+                            o.round == round
+                                && step_key(&o.step) == step
+                                && if tool_is_hoard { o.tool == "hoard" } else { PEERS.contains(&o.tool.as_str()) }
                         })
                         .map(|o| o.wall)
                         .fold(f64::INFINITY, f64::min)
@@ -1082,6 +1141,10 @@ mod tests {
             row("hoard", 2, "restore!", 1.0),
             row("hoard", 3, "night1", 2.5),
             row("restic", 3, "night1", 7.0),
+            // A reference, not a peer: faster than hoard, and left out of the per-round ratio.
+            row("tar", 1, "night1", 1.0),
+            row("tar", 2, "night1", 1.0),
+            row("tar", 3, "night1", 1.0),
             row("hoard", 3, "restore", 4.0),
         ];
         let m = medians(&rows);
@@ -1089,7 +1152,12 @@ mod tests {
             m.iter().map(|r| (r.tool.as_str(), r.step.as_str(), r.wall, r.rss_kib)).collect();
         assert_eq!(
             got,
-            [("hoard", "night1", 3.0, 2048), ("restic", "night1", 6.0, 2048), ("hoard", "restore!", 2.0, 2048)]
+            [
+                ("hoard", "night1", 3.0, 2048),
+                ("restic", "night1", 6.0, 2048),
+                ("hoard", "restore!", 2.0, 2048),
+                ("tar", "night1", 1.0, 2048)
+            ]
         );
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
         let t = render_rounds(&rows, 3);
