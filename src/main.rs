@@ -4,6 +4,7 @@
 // Doc comments here are clap's help text ("SNAPSHOT[:PATH]"), not intra-doc links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+mod alloc;
 mod db;
 mod docker;
 mod exit;
@@ -1729,8 +1730,11 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
+
 fn main() {
-    tune_allocator();
+    alloc::tune_malloc();
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(c) => c,
@@ -1741,20 +1745,6 @@ fn main() {
         }
     };
     std::process::exit(code);
-}
-
-/// Allocations of 4 MiB and more (pack buffers, read blocks of large files) get pages of their
-/// own and give them back when freed. glibc's default raises that threshold to the largest
-/// block freed so far, after which a backup's 20 MiB pack buffers were carved out of the
-/// per-thread heaps and kept there: night 1 of the bench peaked at 200 to 240 MiB instead of
-/// about 135 (docs/PERFORMANCE.md).
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a malloc parameter; it is called before any other thread
-    // exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-    }
 }
 
 /// `HOARD_LOCK_STALE_SECS`: after how many seconds without a refresh a lock of another host

@@ -414,7 +414,8 @@ impl Tool {
             "tar" => {
                 let zstd = apt_tool("zstd", "zstd", no_install)?;
                 let (_, out, err) = cmd::output(&mut cmd::new(&zstd, &["--version"]))?;
-                let zv = format!("{out}{err}").lines().next().unwrap_or("").trim().to_string();
+                // "*** Zstandard CLI (64-bit) v1.5.4, by Yann Collet ***"
+                let zv = format!("{out}{err}").lines().next().unwrap_or("").trim_matches(['*', ' ']).to_string();
                 (
                     apt_tool("tar", "tar", no_install)?,
                     format!(
