@@ -20,8 +20,9 @@ pub fn tune_malloc() {
 /// Blocks this large are backed by transparent huge pages where the kernel leaves that to the
 /// program (`/sys/kernel/mm/transparent_hugepage/enabled` = `madvise`, Debian's default).
 ///
-/// On a normal run the only one is the argon2id memory of the key derivation, 64 MiB by
-/// default, which every command that opens a repository fills once: with 4 KiB pages that is
+/// In a backup or restore of the bench's data the only one is the argon2id memory of the key
+/// derivation, 64 MiB by default (`thp_fault_alloc` in `/proc/vmstat` rises by 32 in either),
+/// which every command that opens a repository fills once: with 4 KiB pages that is
 /// 16,384 page faults, each one a fault in the hypervisor as well on a virtual machine that
 /// returns freed memory to its host. With 2 MiB pages it is 32. `hoard snapshots` (a key
 /// derivation and little else) on the 2-core benchmark machine: 91 to 100 ms without, 63 ms

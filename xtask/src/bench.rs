@@ -1042,7 +1042,7 @@ fn render_rounds(rows: &[Row], rounds: u32) -> String {
         }
         t.push('\n');
     }
-    let mut line = String::from("fastest other tool (restic, borg, rustic) / hoard, wall, per round:");
+    let mut line = format!("fastest other tool ({}) / hoard, wall, per round:", PEERS.join(", "));
     for step in ["night1", "night2", "restore"] {
         let per: Vec<String> = (1..=rounds)
             .map(|round| {
