@@ -222,6 +222,31 @@ fn include_and_exclude_on_restore() {
     assert!(!r.join("b").exists());
 }
 
+/// An entry whose inode and ctime are the parent's takes the parent's extended attributes
+/// without reading them (changing one moves ctime); one whose ctime moved has them read again.
+#[test]
+fn extended_attributes_of_directories_changed_between_backups_are_stored() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    fs::create_dir_all(src.join("c")).unwrap();
+    fs::write(src.join("a/b/f"), b"x").unwrap();
+    xattr::set(src.join("a"), "user.hoard.kept", b"1").unwrap();
+    xattr::set(src.join("c"), "user.hoard.changed", b"old").unwrap();
+    env.backup(&[src.to_str().unwrap()]);
+    xattr::set(src.join("c"), "user.hoard.changed", b"new").unwrap();
+    xattr::set(src.join("a/b"), "user.hoard.added", b"2").unwrap();
+    let second = env.backup(&[src.to_str().unwrap()]);
+    assert_eq!(second["summary"]["files_unmodified"], 1, "{second}");
+    env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap()]);
+    let out = restored(&env, "out", &src);
+    assert_same_tree(&src, &out);
+    let get = |p: &str, name: &str| xattr::get(out.join(p), name).unwrap();
+    assert_eq!(get("a", "user.hoard.kept").as_deref(), Some(&b"1"[..]));
+    assert_eq!(get("c", "user.hoard.changed").as_deref(), Some(&b"new"[..]));
+    assert_eq!(get("a/b", "user.hoard.added").as_deref(), Some(&b"2"[..]));
+}
+
 #[test]
 fn diff_names_what_changed() {
     let env = Env::new();
