@@ -25,8 +25,8 @@ pub fn tune_malloc() {
 /// which every command that opens a repository fills once: with 4 KiB pages that is
 /// 16,384 page faults, each one a fault in the hypervisor as well on a virtual machine that
 /// returns freed memory to its host. With 2 MiB pages it is 32. `hoard snapshots` (a key
-/// derivation and little else) on the 2-core benchmark machine: 91 to 100 ms without, 63 ms
-/// with (PERFORMANCE.md, "Key derivation"). Pack buffers (20 MiB) stay below it: they are
+/// derivation and little else) on the 2-core benchmark machine: 87 and 91 ms without, 59 and
+/// 61 ms with (PERFORMANCE.md, "Key derivation"). Pack buffers (20 MiB) stay below it: they are
 /// filled only as far as a pack goes, and huge pages would make the untouched rest resident.
 const HUGE_MIN: usize = 32 << 20;
 
