@@ -13,7 +13,7 @@ use hoard_core::format::tree::{Node, NodeKind};
 use hoard_core::Chunker;
 use tar::EntryType;
 
-use super::content::{chunk_stream, Flight, FLIGHT_BYTES};
+use super::content::{chunk_stream, looks_like_dump, Flight, DUMP_HEAD, DUMP_SNIFF_MIN, FLIGHT_BYTES};
 use super::treebuild::{MemDir, MemEntry};
 use super::{commit, BackupOptions, BackupResult};
 use crate::error::{RepoError, Result};
@@ -59,6 +59,7 @@ pub(crate) fn tree_from_tar_with(
     let mut top = None;
     let repo = packer.repo();
     let chunker = Chunker::new(repo.config().files_chunker, repo.keys());
+    let dumps = Chunker::new(repo.config().dumps_chunker, repo.keys());
     let flight = Flight::new(FLIGHT_BYTES);
     let mut root = MemDir::default();
     let mut summary = Summary::default();
@@ -125,7 +126,18 @@ pub(crate) fn tree_from_tar_with(
                 node.inode = next_inode;
                 next_inode += 1;
                 let progress = &opts.progress;
-                let chunked = chunk_stream(&mut entry, &chunker, packer, &flight, &opts.cancel, &|n| {
+                // A database dump in a volume is cut as a file backup cuts one (`fs::read_file`):
+                // its first bytes are read here to tell, then streamed on ahead of the rest.
+                let mut head = Vec::new();
+                let mut cut = &chunker;
+                if entry.size() >= DUMP_SNIFF_MIN {
+                    (&mut entry).take(DUMP_HEAD as u64).read_to_end(&mut head).map_err(bad)?;
+                    if looks_like_dump(&head) {
+                        cut = &dumps;
+                    }
+                }
+                let mut content = head.as_slice().chain(&mut entry);
+                let chunked = chunk_stream(&mut content, cut, packer, &flight, &opts.cancel, &|n| {
                     progress.bytes_read.fetch_add(n, Relaxed);
                 })?;
                 node.size = chunked.size;
