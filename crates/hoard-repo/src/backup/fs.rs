@@ -135,9 +135,20 @@ struct Walker<'a, 'r> {
     live: std::cell::RefCell<Option<Option<crate::repo::LiveIds>>>,
 }
 
-/// Where the node named `name` is in `tree`.
-fn find(tree: Option<&Tree>, name: &[u8]) -> Option<usize> {
-    tree?.nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok()
+/// Where the node named `name` is in `tree`. `next` is where the search starts: a listing
+/// comes in the tree's order, so an entry is usually the node after the one found before it,
+/// and one comparison finds it instead of a binary search's ten (in a directory of a thousand
+/// files). It is moved past the node found.
+fn find(tree: Option<&Tree>, name: &[u8], next: &mut usize) -> Option<usize> {
+    let nodes = &tree?.nodes;
+    let at = match nodes.get(*next) {
+        Some(n) if n.name.as_slice() == name => Some(*next),
+        _ => nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok(),
+    };
+    if let Some(i) = at {
+        *next = i + 1;
+    }
+    at
 }
 
 impl Walker<'_, '_> {
@@ -178,6 +189,8 @@ impl Walker<'_, '_> {
         let mut pending = Vec::with_capacity(names.len());
         // Files that look unchanged: their slot in `pending`, and their metadata.
         let mut unchanged: Vec<(usize, fs::Metadata)> = Vec::new();
+        // The parent node after the one the last entry matched.
+        let mut next = 0;
         // An entry's path is made only where it is needed: an unchanged file needs none.
         let join = |name: &[u8]| dir.join(std::ffi::OsStr::from_bytes(name));
         for (name, sel, listed) in names {
@@ -191,7 +204,7 @@ impl Walker<'_, '_> {
                     continue;
                 }
             };
-            let at = find(parent.as_deref(), &name);
+            let at = find(parent.as_deref(), &name, &mut next);
             let reuse = match (at, parent.as_deref_mut()) {
                 (Some(i), Some(t)) => Some(&mut t.nodes[i]),
                 _ => None,
@@ -622,4 +635,32 @@ pub(crate) fn tree_of_dir(
         walker.dir(dir, children, parent, Some(meta.dev()).filter(|_| opts.one_file_system))
     })?;
     Ok((tree, summary, warnings, root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_gives_the_binary_searchs_answer_whatever_the_order_of_the_names() {
+        let names: [&[u8]; 5] = [b"a", b"b", b"c", b"e", b"f"];
+        let tree = Tree { nodes: names.iter().map(|n| Node { name: n.to_vec(), ..Default::default() }).collect() };
+        let expect = |name: &[u8]| names.iter().position(|n| *n == name);
+        let orders: [&[&[u8]]; 4] = [
+            &[b"a", b"b", b"c", b"e", b"f"],
+            &[b"a", b"b", b"d", b"e", b"f", b"g"],
+            &[b"f", b"e", b"a", b"a", b"c", b"0"],
+            &[b"b", b"c", b"x", b"a", b"f"],
+        ];
+        for order in orders {
+            let mut next = 0;
+            for name in order {
+                assert_eq!(find(Some(&tree), name, &mut next), expect(name), "{order:?}: {name:?}");
+                if let Some(i) = expect(name) {
+                    assert_eq!(next, i + 1);
+                }
+            }
+        }
+        assert_eq!(find(None, b"a", &mut 0), None);
+    }
 }
