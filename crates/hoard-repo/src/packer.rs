@@ -232,8 +232,11 @@ impl<'r> Packer<'r> {
         // leave the whole pack in storage, and the note lets the next run find it.
         let ip = IndexPack { id: p.id, len: p.len, entries: p.entries };
         self.repo.journal_pack(&ip);
-        self.repo.storage().create(ObjectKind::Pack, &p.id.to_hex(), &pieces)?;
-        if ip.entries.iter().all(|e| e.blob_type == BlobType::Tree) {
+        // A tree pack also goes into the local pack cache; a data pack's memory is handed to
+        // the storage, which frees it once written rather than after its fsync.
+        let tree_pack = ip.entries.iter().all(|e| e.blob_type == BlobType::Tree).then(|| pieces.clone());
+        self.repo.storage().create_owned(ObjectKind::Pack, &p.id.to_hex(), pieces)?;
+        if let Some(pieces) = tree_pack {
             self.repo.cache_pack(&p.id, &pieces);
         }
         self.packs.fetch_add(1, Relaxed);

@@ -242,8 +242,12 @@ impl<S: Storage> Storage for FaultStorage<S> {
     }
 
     fn create(&self, kind: ObjectKind, name: &str, pieces: &[Bytes]) -> Result<()> {
+        self.create_owned(kind, name, pieces.to_vec())
+    }
+
+    fn create_owned(&self, kind: ObjectKind, name: &str, pieces: Vec<Bytes>) -> Result<()> {
         self.faults.enter(Op::Create, kind, name)?;
-        self.inner.create(kind, name, pieces)?;
+        self.inner.create_owned(kind, name, pieces)?;
         let mut p = self.faults.plan();
         p.recent.push_back((kind, name.to_owned()));
         // Only as many as a staleness setting could ask for are worth keeping.
