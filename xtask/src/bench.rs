@@ -26,8 +26,9 @@
 //! does for the same data with nothing but the compression, so the peers' ratios can be read
 //! against what is possible. The "fastest other tool" ratio counts the peers only.
 //!
-//! With `--rounds N` the whole sequence runs N times, the tools taking turns (hoard, restic,
-//! Borg, rustic, hoard, …), each round on fresh copies; the table then holds each figure's
+//! With `--rounds N` the whole sequence runs N times, each round on fresh copies and starting
+//! one tool further along (hoard, restic, Borg, rustic, tar; then restic, Borg, rustic, tar,
+//! hoard; …), so that whatever the first runs pay falls on each tool in turn; the table then holds each figure's
 //! median over the rounds, and a second table every round's wall times. On a shared virtual
 //! machine single runs move by more than the differences being measured (PERFORMANCE.md).
 
@@ -52,7 +53,7 @@ usage: cargo xtask bench [--work DIR] [--tree PATH] [--pgbench-scale N] [--tools
   --pgbench-scale N   pgbench -i scale of the database dumped each night (default 20)
   --tools LIST        comma list of hoard, restic, borg, rustic, tar (default: all five;
                       tar is GNU tar --listed-incremental | zstd -3, a reference, not a peer)
-  --rounds N          run everything N times, tools taking turns; report medians (default 1)
+  --rounds N          run everything N times, each round starting one tool further along; report medians (default 1)
   --no-install        skip a missing tool instead of installing it (apt-get / cargo install)";
 
 const ALL_TOOLS: [&str; 5] = ["hoard", "restic", "borg", "rustic", "tar"];
@@ -165,7 +166,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut workload = Value::Null;
     // Every round's copies, repositories and logs have names of their own.
     let runs: Vec<(u32, &Tool, String)> = (1..=a.rounds)
-        .flat_map(|round| tools.iter().map(move |t| (round, t)))
+        .flat_map(|round| round_order(&tools, round).map(move |t| (round, t)))
         .map(|(round, t)| (round, t, if a.rounds > 1 { format!("{}-r{round}", t.name) } else { t.name.clone() }))
         .collect();
     for (round, tool, run_name) in &runs {
@@ -1130,9 +1131,28 @@ fn date_utc() -> String {
         .unwrap_or_default()
 }
 
+/// The tools in the order they run in `round` (from 1): each round starts one tool further
+/// along. The first runs of a run are slower on this machine (memory the host has taken back
+/// is faulted in again, PERFORMANCE.md), and with a fixed order that always fell on hoard.
+fn round_order<T>(tools: &[T], round: u32) -> impl Iterator<Item = &T> {
+    let k = (round.max(1) as usize - 1) % tools.len().max(1);
+    tools[k..].iter().chain(&tools[..k])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_round_starts_one_tool_further_along() {
+        let tools = ["hoard", "restic", "borg"];
+        let order = |round| round_order(&tools, round).copied().collect::<Vec<_>>();
+        assert_eq!(order(1), ["hoard", "restic", "borg"]);
+        assert_eq!(order(2), ["restic", "borg", "hoard"]);
+        assert_eq!(order(3), ["borg", "hoard", "restic"]);
+        assert_eq!(order(4), order(1));
+        assert_eq!(round_order(&["hoard"], 5).count(), 1);
+    }
 
     fn row(tool: &str, round: u32, step: &str, wall: f64) -> Row {
         Row {
