@@ -28,8 +28,8 @@
 //!
 //! With `--rounds N` the whole sequence runs N times, each round on fresh copies and starting
 //! one tool further along (hoard, restic, Borg, rustic, tar; then restic, Borg, rustic, tar,
-//! hoard; …), so that whatever the first runs pay falls on each tool in turn; the table then holds each figure's
-//! median over the rounds, and a second table every round's wall times. On a shared virtual
+//! hoard; …), so that whatever the first runs pay falls on each tool in turn; the table then
+//! holds each figure's median over the rounds, and a second table every round's wall times. On a shared virtual
 //! machine single runs move by more than the differences being measured (PERFORMANCE.md).
 
 use std::collections::BTreeMap;
