@@ -210,7 +210,9 @@ fn postgres_failed_dumps_commit_nothing() {
     assert_failed_cleanly(&env, &o, "password authentication failed");
     assert!(!String::from_utf8_lossy(&o.stderr).contains("wrong-pw"));
 
-    // The server dies while the dump runs.
+    // The server dies while the dump runs. The whole dump takes a third of a second, so pg_dump
+    // is frozen while the server is still sending it the first table (it then waits on a full
+    // socket), the server is killed, and only then does pg_dump go on.
     pgbench(&pg, 4);
     let child = env
         .cmd(&["backup", "postgres", "--url", &pg.url("bench")])
@@ -218,20 +220,51 @@ fn postgres_failed_dumps_commit_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("pg_dump copying", 60, || {
-        pg.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND query LIKE 'COPY%'",
-        ) != "0"
-    });
-    std::thread::sleep(Duration::from_millis(100));
+    let pg_dump = freeze_pg_dump_mid_copy(&pg, child.id());
     pg.kill();
+    // SAFETY: kill(2) on a pid; it touches no memory.
+    unsafe { libc::kill(pg_dump, libc::SIGCONT) };
     let o = child.wait_with_output().unwrap();
-    assert_failed_cleanly(&env, &o, "pg_dump");
+    assert_failed_cleanly(&env, &o, "Dumping the contents of table \"pgbench_accounts\" failed");
     // A server that is not there at all.
     let o = env.run(&["backup", "postgres", "--url", &pg.url("bench")]);
     assert_failed_cleanly(&env, &o, "Connection refused");
     env.ok(&["check"]);
+}
+
+/// Stops (SIGSTOP) the pg_dump that the process `parent` runs, at a moment when the server is
+/// still sending it `pgbench_accounts`, the first of pgbench's tables: the rest of the dump then
+/// needs the server, whatever the socket buffers already hold. Returns pg_dump's pid, stopped.
+fn freeze_pg_dump_mid_copy(pg: &Pg, parent: u32) -> i32 {
+    let copying = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' \
+                   AND state = 'active' AND query LIKE 'COPY public.pgbench_accounts %'";
+    let start = std::time::Instant::now();
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(60), "pg_dump was never seen copying pgbench_accounts");
+        if let Some(pid) = child_named(parent, "pg_dump") {
+            // SAFETY: kill(2) on a pid; it touches no memory.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            if pg.psql("postgres", copying) != "0" {
+                return pid;
+            }
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The pid of a child of `parent` whose command name is `name`, from /proc.
+fn child_named(parent: u32, name: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ')'.
+        let (head, tail) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1;
+        let ppid: u32 = tail.split_whitespace().nth(1)?.parse().ok()?;
+        (comm == name && ppid == parent).then_some(pid)
+    })
 }
 
 #[test]
