@@ -268,6 +268,12 @@ pub fn awkward_tree(root: &Path) {
     fs::write(root.join("new\nline"), b"newline in name").unwrap();
     fs::write(root.join("hard-a"), noise(7, 100_000)).unwrap();
     fs::hard_link(root.join("hard-a"), root.join("hard-b")).unwrap();
+    // Restores write files of 256 KiB and more with O_DIRECT in 2 MiB buffers, the last partial
+    // 4 KiB block through the page cache: one at the threshold, one a block short of it, one that
+    // spans buffers and ends mid-block.
+    fs::write(root.join("large-256k"), noise(10, 256 << 10)).unwrap();
+    fs::write(root.join("large-below"), noise(11, (256 << 10) - 4096)).unwrap();
+    fs::write(root.join("large-odd"), noise(12, (5 << 20) + 4097)).unwrap();
     let sparse = fs::File::create(root.join("sparse")).unwrap();
     sparse.set_len(64 << 20).unwrap();
     std::os::unix::fs::FileExt::write_at(&sparse, b"middle", 32 << 20).unwrap();

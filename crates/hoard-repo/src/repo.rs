@@ -451,7 +451,10 @@ impl Repository {
                 .storage
                 .read_range(ObjectKind::Pack, &loc.pack.to_hex(), offset, len)
                 .map_err(RepoError::from)
-                .and_then(|stored| open(&stored));
+                .and_then(|stored| {
+                    pack::open_blob_owned(&self.keys, &loc.pack, &loc.entry, stored)
+                        .map_err(|e| RepoError::core(format!("blob {} in pack {}", id.short(), loc.pack), e))
+                });
             match r {
                 Ok(b) => return Ok(b),
                 Err(e) => last = Some(e),

@@ -26,6 +26,8 @@ use hoard_core::Id;
 use crate::error::{RepoError, Result};
 use crate::repo::Repository;
 
+mod direct;
+
 /// How to restore.
 #[derive(Clone, Default)]
 pub struct RestoreOptions {
@@ -335,24 +337,34 @@ impl Restorer<'_> {
         }
     }
 
-    fn write_file(&self, job: FileJob) -> Result<()> {
+    /// Writes one file's content. `direct_bufs` are the worker's buffers for writing large
+    /// files around the page cache ([`direct`]), made on its first large file.
+    fn write_file(&self, job: FileJob, direct_bufs: &mut Vec<direct::AlignedBuf>) -> Result<()> {
         let path = &job.path;
         let chunks = self.repo.content_chunks(&job.node.content)?;
-        let mut f = job.file;
+        let f = job.file;
         let mut written = 0u64;
         let sparse = self.opts.sparse && job.node.sparse;
+        let ioe = |e: io::Error| RepoError::io(path.display().to_string(), e);
+        let mut direct =
+            (!sparse && job.node.size >= direct::MIN_SIZE).then(|| direct::DirectWriter::new(&f, direct_bufs));
         for id in &chunks {
             if self.opts.cancel.load(Relaxed) {
                 return Err(RepoError::Interrupted);
             }
             let data = self.repo.read_blob(id)?;
-            if sparse {
-                write_sparse(&mut f, &data).map_err(|e| RepoError::io(path.display().to_string(), e))?;
+            if let Some(d) = &mut direct {
+                d.write(&data).map_err(ioe)?;
+            } else if sparse {
+                write_sparse(&f, &data).map_err(ioe)?;
             } else {
-                f.write_all(&data).map_err(|e| RepoError::io(path.display().to_string(), e))?;
+                (&f).write_all(&data).map_err(ioe)?;
             }
             written += data.len() as u64;
             self.bytes.fetch_add(data.len() as u64, Relaxed);
+        }
+        if let Some(d) = direct {
+            d.finish().map_err(ioe)?;
         }
         if written != job.node.size {
             return Err(RepoError::Invalid(format!(
@@ -381,7 +393,7 @@ enum At<'a> {
 
 /// Writes `data` at the current position, seeking over whole 4 KiB blocks of zeros so they
 /// stay holes (the final `set_len` makes trailing holes).
-fn write_sparse(f: &mut std::fs::File, data: &[u8]) -> io::Result<()> {
+fn write_sparse(mut f: &std::fs::File, data: &[u8]) -> io::Result<()> {
     const BLOCK: usize = 4096;
     let zero = |a: usize| data[a..(a + BLOCK).min(data.len())].iter().all(|&b| b == 0);
     let mut i = 0;
@@ -450,9 +462,10 @@ pub fn restore(repo: &Repository, node: &Node, opts: &RestoreOptions) -> Result<
             let rx = rx.clone();
             let r = &r;
             s.spawn(move || {
+                let mut direct_bufs = Vec::new();
                 for job in rx {
                     let path = job.path.clone();
-                    match r.write_file(job) {
+                    match r.write_file(job, &mut direct_bufs) {
                         Ok(()) => r.summary.lock().unwrap().files += 1,
                         Err(e) => {
                             let _ = fs::remove_file(&path);

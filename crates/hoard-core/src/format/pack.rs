@@ -356,16 +356,16 @@ pub fn decode_header(keys: &Keys, pack: &Id, tail: &[u8], pack_len: u64) -> Resu
 /// Authenticates, decrypts and decompresses one blob, then checks it hashes to its id: a blob
 /// that comes back from here is exactly what was stored.
 pub fn open_blob(keys: &Keys, pack: &Id, e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
-    if stored.len() != e.length as usize {
-        return Err(malformed("blob", format!("{} bytes, expected {}", stored.len(), e.length)));
-    }
-    let mut buf = stored.to_vec();
-    keys.pack_cipher(pack).open(e.nonce, &blob_aad(e.blob_type, &e.id), &mut buf, "blob")?;
-    open_decrypted(keys, e, buf)
+    open_blob_owned(keys, pack, e, stored.to_vec())
 }
 
-/// As [`open_blob`] with a pack cipher the caller already derived (restores open many blobs of
-/// one pack).
+/// As [`open_blob`], decrypting `stored` in place: for a blob read into a buffer of its own,
+/// which this saves copying.
+pub fn open_blob_owned(keys: &Keys, pack: &Id, e: &PackEntry, stored: Vec<u8>) -> Result<Vec<u8>> {
+    open_blob_with(&keys.pack_cipher(pack), keys, e, stored)
+}
+
+/// As [`open_blob_owned`] with the pack's cipher already derived.
 pub fn open_blob_with(cipher: &Cipher, keys: &Keys, e: &PackEntry, mut buf: Vec<u8>) -> Result<Vec<u8>> {
     if buf.len() != e.length as usize {
         return Err(malformed("blob", format!("{} bytes, expected {}", buf.len(), e.length)));
