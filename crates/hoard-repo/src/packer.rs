@@ -76,7 +76,7 @@ impl<'r> Packer<'r> {
             repo,
             level: repo.config().compression,
             target: repo.config().pack_size as usize,
-            data: Pool::new(cores + 1),
+            data: Pool::new(cores),
             trees: Pool::new(usize::MAX),
             pending: Mutex::new(HashSet::new()),
             tx: Mutex::new(Some(tx)),
@@ -272,10 +272,6 @@ impl<'r> Packer<'r> {
     }
 }
 
-/// Open pack builders, at most `limit` at once. Each holds up to a pack's worth of sealed blobs
-/// until it is full, so the limit bounds a backup's memory however many threads store blobs;
-/// a thread that finds every builder busy waits for one (there are more builders than cores,
-/// so the cores stay busy sealing).
 /// The partly filled packs a backup ends with, merged where they fit together within `target`
 /// (first fit, largest first): one pack per worker would mean more objects and more padding
 /// for a night that stores little. Merging re-seals blobs but never compresses them again.
@@ -293,6 +289,12 @@ fn merge_partial(mut builders: Vec<PackBuilder>, target: usize) -> Result<Vec<Pa
     Ok(merged)
 }
 
+/// Open pack builders, at most `limit` at once. Each holds up to a pack's worth of sealed blobs
+/// until it is full, so the limit bounds a backup's memory however many threads store blobs;
+/// a thread that finds every builder busy waits for one. A data pool has one builder per core:
+/// only that many threads can be compressing at once anyway, and a spare builder measured no
+/// faster while its partly filled pack cost about 20 MiB of the night-1 peak (PERFORMANCE.md,
+/// "One data pack builder per core").
 struct Pool {
     state: Mutex<PoolState>,
     returned: Condvar,
