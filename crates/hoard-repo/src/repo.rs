@@ -411,10 +411,8 @@ impl Repository {
         }
         let mut last = None;
         for loc in locations {
-            let open = |stored: &[u8]| {
-                pack::open_blob(&self.keys, &loc.pack, &loc.entry, stored)
-                    .map_err(|e| RepoError::core(format!("blob {} in pack {}", id.short(), loc.pack), e))
-            };
+            let blob_error = |e| RepoError::core(format!("blob {} in pack {}", id.short(), loc.pack), e);
+            let open = |stored: &[u8]| pack::open_blob(&self.keys, &loc.pack, &loc.entry, stored).map_err(blob_error);
             let (offset, len) = (loc.entry.offset, u64::from(loc.entry.length));
             if let (Some(cache), BlobType::Tree) = (&self.packs, loc.entry.blob_type) {
                 if let Some(stored) = cache.read_range(&loc.pack, offset, len) {
@@ -452,8 +450,7 @@ impl Repository {
                 .read_range(ObjectKind::Pack, &loc.pack.to_hex(), offset, len)
                 .map_err(RepoError::from)
                 .and_then(|stored| {
-                    pack::open_blob_owned(&self.keys, &loc.pack, &loc.entry, stored)
-                        .map_err(|e| RepoError::core(format!("blob {} in pack {}", id.short(), loc.pack), e))
+                    pack::open_blob_owned(&self.keys, &loc.pack, &loc.entry, stored).map_err(blob_error)
                 });
             match r {
                 Ok(b) => return Ok(b),
