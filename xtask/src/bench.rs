@@ -43,7 +43,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-use crate::cmd;
+use crate::{cmd, freed};
 
 const USAGE: &str = "\
 usage: cargo xtask bench [--work DIR] [--tree PATH] [--pgbench-scale N] [--tools LIST] [--rounds N] [--no-install]
@@ -158,6 +158,7 @@ pub fn run(args: &[String]) -> Result<()> {
     make_dumps(&work, a.scale, &dump1, &dump2)?;
 
     clear_leftovers(&work, &tools)?;
+    wait_for_freed_inodes(&work);
     let logs = work.join("logs");
     fs::create_dir_all(&logs)?;
 
@@ -272,9 +273,20 @@ pub fn run(args: &[String]) -> Result<()> {
             r.step = if bad.is_empty() { "restore".into() } else { "restore!".into() };
         }
     }
-    for (_, _, run_name) in &runs {
-        remove(&work.join(format!("data-{run_name}")))?;
-        remove(&work.join("tools").join(run_name).join("restore"))?;
+    let done: Vec<PathBuf> = runs
+        .iter()
+        .flat_map(|(_, _, run_name)| {
+            [work.join(format!("data-{run_name}")), work.join("tools").join(run_name).join("restore")]
+        })
+        .collect();
+    remove_all(&work, &done)?;
+    if let Some(fs) = freed::journalless_ext4(&work) {
+        println!(
+            "\nremoved the copies and restores; {} is ext4 without a journal, so a bench started in the next {} s \
+             waits until then",
+            fs.device,
+            freed::WINDOW.as_secs()
+        );
     }
 
     let medians = medians(&rows);
@@ -342,15 +354,10 @@ fn settle() -> Result<()> {
     cmd::run(&mut cmd::new("sync", &[]))
 }
 
-/// Removes what an earlier run left in `work` for these tools, and then waits until ext4 uses
-/// the freed inodes again.
-///
-/// ext4 passes over inodes freed within the last `vm.dirty_expire_centisecs` (30 s by default)
-/// when it allocates new ones (`recently_deleted` in `fs/ext4/ialloc.c`). A restore of 43,000
-/// files right after a tree of that size was deleted took 21 to 28 s instead of 2 to 3 s, most
-/// of it in the kernel (PERFORMANCE.md, "Restore"). So the bench deletes nothing while it
-/// measures: leftovers go first and are waited out, every tool gets its own copy of the data,
-/// and the copies and restores are removed after the last tool.
+/// Removes what an earlier run left in `work` for these tools. The bench deletes nothing while
+/// it measures: leftovers go first, every tool gets its own copy of the data, and the copies and
+/// restores are removed after the last tool. What was freed is then waited out where the
+/// filesystem needs it ([`wait_for_freed_inodes`]).
 fn clear_leftovers(work: &Path, tools: &[Tool]) -> Result<()> {
     let mut gone = vec![work.join("data")];
     // A tool's copies and repositories, of a run with or without rounds ("hoard", "hoard-r2").
@@ -369,25 +376,43 @@ fn clear_leftovers(work: &Path, tools: &[Tool]) -> Result<()> {
             }
         }
     }
-    let mut removed = false;
-    for p in gone.iter().filter(|p| p.exists()) {
-        remove(p)?;
-        removed = true;
+    let gone: Vec<_> = gone.into_iter().filter(|p| p.exists()).collect();
+    remove_all(work, &gone)
+}
+
+/// Removes trees under `work`, syncs, and notes the time if the filesystem remembers freed
+/// inodes ([`freed`]).
+fn remove_all(work: &Path, gone: &[PathBuf]) -> Result<()> {
+    if gone.is_empty() {
+        return Ok(());
     }
-    if removed {
-        cmd::run(&mut cmd::new("sync", &[]))?;
-        let centis = fs::read_to_string("/proc/sys/vm/dirty_expire_centisecs")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(3000);
-        let wait = std::time::Duration::from_millis(centis * 10 + 2000);
-        println!(
-            "waiting {:.0} s after removing an earlier run's files (ext4 reuses freed inodes late)",
-            wait.as_secs_f64()
-        );
-        std::thread::sleep(wait);
+    for p in gone {
+        remove(p)?;
+    }
+    cmd::run(&mut cmd::new("sync", &[]))?;
+    if let Some(fs) = freed::journalless_ext4(work) {
+        fs.freed()?;
     }
     Ok(())
+}
+
+/// On ext4 without a journal, waits until the inodes freed by this or an earlier run's removals
+/// on the same filesystem are out of the window in which ext4 passes over them ([`freed`]);
+/// a restore measured inside it measures the filesystem.
+fn wait_for_freed_inodes(work: &Path) {
+    let Some(fs) = freed::journalless_ext4(work) else { return };
+    let wait = fs.remaining();
+    if wait.is_zero() {
+        return;
+    }
+    println!(
+        "waiting {:.0} s: files were removed on {} less than {} s ago, and ext4 without a journal searches past \
+         inodes freed that recently for every new one",
+        wait.as_secs_f64(),
+        fs.device,
+        freed::WINDOW.as_secs()
+    );
+    std::thread::sleep(wait);
 }
 
 /// Removes a directory tree; one that is not there is fine.

@@ -10,6 +10,7 @@ mod cmd;
 mod compression;
 mod deps;
 mod fixtures;
+mod freed;
 mod fuzz;
 mod scale;
 
