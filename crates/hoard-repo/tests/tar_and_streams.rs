@@ -207,3 +207,98 @@ fn a_stream_read_in_blocks_is_cut_where_the_whole_input_would_be() {
         assert!(out == data, "run {run}: the restored stream differs");
     }
 }
+
+/// A tar of `n` small files, every fifth a copy of an earlier one, under a top directory `vol/`.
+fn small_files_tar(n: usize) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..n {
+        let data = if i % 5 == 4 { files[i / 2].1.clone() } else { noise((i % 251) as u8, 100 + (i * 977) % 9000) };
+        // Distinct content for distinct files beyond the 251 seeds: a counter in front.
+        let data = if i % 5 == 4 { data } else { [i.to_le_bytes().as_slice(), &data].concat() };
+        let path = format!("d{}/f{i}", i % 7);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_650_000_000);
+        b.append_data(&mut h, format!("vol/{path}"), data.as_slice()).unwrap();
+        files.push((path, data));
+    }
+    (b.into_inner().unwrap(), files)
+}
+
+#[test]
+fn a_tar_of_many_small_files_is_sealed_in_batches_and_restores() {
+    // Small files' new chunks go to the pool in batches of up to 256 chunks or 1 MiB while the
+    // stream is read on: 3,000 files make a dozen batches, with duplicates within and across
+    // them. Everything must be stored once and come back byte for byte, and the same stream
+    // again must give the same tree and store no data.
+    let tmp = tempfile::tempdir().unwrap();
+    let r = repo(Arc::new(MemoryStorage::new()), &tmp.path().join("cache"));
+    let (t, files) = small_files_tar(3000);
+    let res = backup_tar(&r, &mut t.as_slice(), 1, "docker-volume", "vol", &BackupOptions::default()).unwrap();
+    let s = &res.snapshot.summary;
+    assert_eq!(s.files_new, 3000);
+    let unique: std::collections::HashSet<&[u8]> = files.iter().map(|(_, d)| d.as_slice()).collect();
+    // One blob per distinct file (all are under a chunk), plus the trees.
+    assert!(s.blobs_new >= unique.len() as u64 && s.blobs_new <= unique.len() as u64 + 10, "{s:?}");
+    let target = tmp.path().join("out");
+    let out = restore::restore(
+        &r,
+        &restore::root_node(res.snapshot.tree),
+        &RestoreOptions { target: target.clone(), threads: 2, ..Default::default() },
+    )
+    .unwrap();
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    for (path, data) in &files {
+        assert_eq!(&std::fs::read(target.join(path)).unwrap(), data, "{path}");
+    }
+    let opts = BackupOptions { force: true, ..BackupOptions::default() };
+    let again = backup_tar(&r, &mut t.as_slice(), 1, "docker-volume", "vol", &opts).unwrap();
+    assert_eq!(again.snapshot.tree, res.snapshot.tree);
+    assert_eq!(again.snapshot.summary.blobs_new, 0, "{:?}", again.snapshot.summary);
+}
+
+#[test]
+fn a_tar_backup_whose_uploads_fail_saves_nothing() {
+    // 24 MiB of incompressible small files fill packs of 4 MiB while the stream is read, and one
+    // upload fails: the backup's lock at first, then (the next try) a pack, after which later
+    // batches find the uploaders gone. Each backup must fail with the storage's own error and
+    // leave no snapshot, on this machine or a fresh one.
+    use hoard_storage::fault::{FaultStorage, Op};
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..3000u32 {
+        let data = [i.to_le_bytes().as_slice(), &noise((i % 251) as u8, 8 << 10)].concat();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, format!("vol/f{i}"), data.as_slice()).unwrap();
+    }
+    let t = b.into_inner().unwrap();
+    let mut failed_pack = false;
+    for k in 1..=8 {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = Arc::new(FaultStorage::new(MemoryStorage::new()));
+        let faults = fs.faults();
+        let opts = InitOptions {
+            kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
+            pack_size: 4 << 20,
+            ..Default::default()
+        };
+        let r = Repository::init(fs.clone(), b"pw", opts, &tmp.path().join("cache")).unwrap();
+        faults.fail_nth(Some(Op::Create), faults.count(Op::Create) + k, hoard_storage::ErrorKind::Other);
+        let e = backup_tar(&r, &mut t.as_slice(), 1, "docker-volume", "vol", &BackupOptions::default()).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("injected failure"), "the storage's own error, not a generic one: {msg}");
+        assert!(r.snapshots().unwrap().is_empty());
+        let fresh = Repository::open(fs, b"pw", &tmp.path().join("other-cache")).unwrap();
+        assert!(fresh.snapshots().unwrap().is_empty());
+        if msg.contains("Create pack") {
+            failed_pack = true;
+            break;
+        }
+    }
+    assert!(failed_pack, "no pack upload was made to fail");
+}

@@ -48,6 +48,76 @@ impl Flight {
     }
 }
 
+/// A [`Batch`] goes to the pool once it holds this many bytes or [`BATCH_CHUNKS`] chunks: enough
+/// that waking a pool thread costs little against sealing them, few enough that the pool gets
+/// work soon after a stream starts.
+const BATCH_BYTES: usize = 1 << 20;
+const BATCH_CHUNKS: usize = 256;
+
+/// New chunks of small inputs, gathered for one pool task to seal while their reader goes on.
+/// For a stream with one reader of many small files, a tar stream: sealed on the reader, as a
+/// file walk's readers seal small files (several readers run side by side there), it would
+/// leave the pool idle and compress one file at a time.
+pub struct Batch<'a, 'scope> {
+    scope: &'a rayon::Scope<'scope>,
+    packer: &'scope Packer<'scope>,
+    flight: &'scope Flight,
+    failed: &'scope Mutex<Option<RepoError>>,
+    bytes: Vec<u8>,
+    /// Each chunk's id and where its bytes end in `bytes`.
+    chunks: Vec<(Id, usize)>,
+}
+
+impl<'a, 'scope> Batch<'a, 'scope> {
+    /// Seals on `scope`'s pool; the first error lands in `failed`, and the caller must check
+    /// it once the scope has ended.
+    pub fn new(
+        scope: &'a rayon::Scope<'scope>,
+        packer: &'scope Packer<'scope>,
+        flight: &'scope Flight,
+        failed: &'scope Mutex<Option<RepoError>>,
+    ) -> Batch<'a, 'scope> {
+        Batch { scope, packer, flight, failed, bytes: Vec::new(), chunks: Vec::new() }
+    }
+
+    /// Whether a batch has failed to seal; the backup cannot succeed then.
+    pub fn failed(&self) -> bool {
+        self.failed.lock().unwrap().is_some()
+    }
+
+    fn add(&mut self, id: Id, data: &[u8]) {
+        if self.bytes.capacity() == 0 {
+            self.bytes.reserve(BATCH_BYTES.max(data.len()));
+        }
+        self.bytes.extend_from_slice(data);
+        self.chunks.push((id, self.bytes.len()));
+        if self.bytes.len() >= BATCH_BYTES || self.chunks.len() >= BATCH_CHUNKS {
+            self.flush();
+        }
+    }
+
+    /// Hands what is gathered to the pool.
+    pub fn flush(&mut self) {
+        if self.chunks.is_empty() {
+            return;
+        }
+        let (bytes, chunks) = (std::mem::take(&mut self.bytes), std::mem::take(&mut self.chunks));
+        let (packer, flight, failed, len) = (self.packer, self.flight, self.failed, bytes.len());
+        flight.acquire(len);
+        self.scope.spawn(move |_| {
+            let mut start = 0;
+            for (id, end) in chunks {
+                if let Err(e) = packer.store(BlobType::Data, id, &bytes[start..end]) {
+                    failed.lock().unwrap().get_or_insert(e);
+                    break;
+                }
+                start = end;
+            }
+            flight.release(len);
+        });
+    }
+}
+
 /// Collects chunk ids and moves them to list blobs when a file has very many.
 pub struct ContentBuilder {
     current: Vec<Id>,
@@ -310,6 +380,10 @@ pub struct Chunked {
 
 /// Reads `r` to its end and stores its new chunks. An error reading `r` is returned as
 /// `Err(Io)`; the chunks already stored stay in the repository unreferenced until prune.
+///
+/// An input that fits in one block is cut and hashed here, and its new chunks are sealed here
+/// too, or go into `batch` for the pool when there is one; a chunk in `batch` may still be
+/// unsealed when this returns.
 pub fn chunk_stream(
     r: &mut dyn Read,
     chunker: &Chunker,
@@ -317,6 +391,7 @@ pub fn chunk_stream(
     flight: &Flight,
     cancel: &AtomicBool,
     on_read: &(dyn Fn(u64) + Sync),
+    mut batch: Option<&mut Batch<'_, '_>>,
 ) -> Result<Chunked> {
     let max = chunker.params().max as usize;
     // The input is read a block at a time. A block starts with the previous block's uncut tail
@@ -343,14 +418,17 @@ pub fn chunk_stream(
     if n < block_len && n <= max {
         // The whole input fits in one chunk's worth: cut and seal it here, on the reading
         // thread. Waking the pool for every small file costs more than the work, and the
-        // reader threads already run side by side.
+        // reader threads already run side by side; a single reader batches them instead.
         let mut rest = &first[..];
         let r = (|| -> Result<()> {
             while let Some(n) = chunker.cut(rest, true) {
                 let data = &rest[..n];
                 let id = keys.blob_id(data);
                 if packer.claim(&id)? {
-                    packer.store(BlobType::Data, id, data)?;
+                    match batch.as_mut() {
+                        Some(b) => b.add(id, data),
+                        None => packer.store(BlobType::Data, id, data)?,
+                    }
                 }
                 ids.push(id, packer)?;
                 rest = &rest[n..];

@@ -483,9 +483,17 @@ fn read_file(
         }
     }
     let progress = &opts.progress;
-    let chunked = chunk_stream(&mut f, chunker, packer, flight, &opts.cancel, &|n| {
-        progress.bytes_read.fetch_add(n, Relaxed);
-    })
+    let chunked = chunk_stream(
+        &mut f,
+        chunker,
+        packer,
+        flight,
+        &opts.cancel,
+        &|n| {
+            progress.bytes_read.fetch_add(n, Relaxed);
+        },
+        None,
+    )
     .map_err(|e| match e {
         RepoError::Io { source, .. } => RepoError::io(ctx(), source),
         e => e,

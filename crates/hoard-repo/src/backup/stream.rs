@@ -71,9 +71,17 @@ pub fn backup_stream_file(
     let progress = &opts.progress;
     super::locked(repo, opts, |session| {
         let ((tree, summary), stats) = Packer::run(repo, repo.storage().connections(), |packer| {
-            let chunked = chunk_stream(input, &chunker, packer, &flight, &opts.cancel, &|n| {
-                progress.bytes_read.fetch_add(n, Relaxed);
-            })?;
+            let chunked = chunk_stream(
+                input,
+                &chunker,
+                packer,
+                &flight,
+                &opts.cancel,
+                &|n| {
+                    progress.bytes_read.fetch_add(n, Relaxed);
+                },
+                None,
+            )?;
             finish()?;
             // SAFETY of the values: getuid/getgid cannot fail.
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use hoard_core::format::snapshot::Summary;
@@ -13,7 +14,7 @@ use hoard_core::format::tree::{Node, NodeKind};
 use hoard_core::Chunker;
 use tar::EntryType;
 
-use super::content::{chunk_stream, looks_like_dump, Flight, DUMP_HEAD, DUMP_SNIFF_MIN, FLIGHT_BYTES};
+use super::content::{chunk_stream, looks_like_dump, Batch, Flight, DUMP_HEAD, DUMP_SNIFF_MIN, FLIGHT_BYTES};
 use super::treebuild::{MemDir, MemEntry};
 use super::{commit, BackupOptions, BackupResult};
 use crate::error::{RepoError, Result};
@@ -56,11 +57,50 @@ pub(crate) fn tree_from_tar_with(
     opts: &BackupOptions,
     portable: bool,
 ) -> Result<(hoard_core::Id, Summary, Option<Node>)> {
+    let flight = Flight::new(FLIGHT_BYTES);
+    let failed = Mutex::new(None);
+    // Small files' new chunks are sealed on the pool in batches while this thread reads on; the
+    // scope ends when the last is sealed.
+    let read = rayon::in_place_scope(|s| {
+        let mut batch = Batch::new(s, packer, &flight, &failed);
+        let r = read_entries(packer, input, strip, opts, &flight, &mut batch);
+        batch.flush();
+        r
+    });
+    if let Some(e) = failed.into_inner().unwrap() {
+        return Err(e);
+    }
+    let (mut root, summary, top) = read?;
+    if portable {
+        // After the whole stream: hard links have their final counts only now.
+        portable_tree(&mut root);
+    }
+    let tree = root.store(packer)?;
+    Ok((
+        tree,
+        summary,
+        top.map(|mut n| {
+            if portable {
+                super::volume::portable(&mut n);
+            }
+            n
+        }),
+    ))
+}
+
+/// Reads the stream's entries into a tree in memory, storing file content on the way.
+fn read_entries(
+    packer: &Packer,
+    input: &mut dyn Read,
+    strip: usize,
+    opts: &BackupOptions,
+    flight: &Flight,
+    batch: &mut Batch<'_, '_>,
+) -> Result<(MemDir, Summary, Option<Node>)> {
     let mut top = None;
     let repo = packer.repo();
     let chunker = Chunker::new(repo.config().files_chunker, repo.keys());
     let dumps = Chunker::new(repo.config().dumps_chunker, repo.keys());
-    let flight = Flight::new(FLIGHT_BYTES);
     let mut root = MemDir::default();
     let mut summary = Summary::default();
     let mut archive = tar::Archive::new(input);
@@ -69,6 +109,9 @@ pub(crate) fn tree_from_tar_with(
     for entry in archive.entries().map_err(bad)? {
         if opts.cancel.load(Relaxed) {
             return Err(RepoError::Interrupted);
+        }
+        if batch.failed() || packer.failed() {
+            return Err(RepoError::Invalid("storage failed; see the error below".into()));
         }
         let mut entry = entry.map_err(bad)?;
         let path = entry.path().map_err(bad)?.into_owned();
@@ -107,9 +150,6 @@ pub(crate) fn tree_from_tar_with(
         }
         if is_top {
             node.kind = Some(NodeKind::Dir);
-            if portable {
-                super::volume::portable(&mut node);
-            }
             top = Some(node);
             continue;
         }
@@ -137,9 +177,17 @@ pub(crate) fn tree_from_tar_with(
                     }
                 }
                 let mut content = head.as_slice().chain(&mut entry);
-                let chunked = chunk_stream(&mut content, cut, packer, &flight, &opts.cancel, &|n| {
-                    progress.bytes_read.fetch_add(n, Relaxed);
-                })?;
+                let chunked = chunk_stream(
+                    &mut content,
+                    cut,
+                    packer,
+                    flight,
+                    &opts.cancel,
+                    &|n| {
+                        progress.bytes_read.fetch_add(n, Relaxed);
+                    },
+                    Some(&mut *batch),
+                )?;
                 node.size = chunked.size;
                 node.content = chunked.content;
                 summary.files_new += 1;
@@ -195,12 +243,7 @@ pub(crate) fn tree_from_tar_with(
         }
         root.dir_mut(dirs).children.insert(node.name.clone(), MemEntry::Leaf(node));
     }
-    if portable {
-        // After the whole stream: hard links have their final counts only now.
-        portable_tree(&mut root);
-    }
-    let tree = root.store(packer)?;
-    Ok((tree, summary, top))
+    Ok((root, summary, top))
 }
 
 fn portable_tree(d: &mut MemDir) {
