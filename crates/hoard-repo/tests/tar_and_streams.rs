@@ -213,9 +213,11 @@ fn small_files_tar(n: usize) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
     let mut b = tar::Builder::new(Vec::new());
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for i in 0..n {
-        let data = if i % 5 == 4 { files[i / 2].1.clone() } else { noise((i % 251) as u8, 100 + (i * 977) % 9000) };
-        // Distinct content for distinct files beyond the 251 seeds: a counter in front.
-        let data = if i % 5 == 4 { data } else { [i.to_le_bytes().as_slice(), &data].concat() };
+        // Distinct content beyond the 251 seeds: a counter in front.
+        let data = match i % 5 {
+            4 => files[i / 2].1.clone(),
+            _ => [i.to_le_bytes().as_slice(), &noise((i % 251) as u8, 100 + (i * 977) % 9000)].concat(),
+        };
         let path = format!("d{}/f{i}", i % 7);
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);

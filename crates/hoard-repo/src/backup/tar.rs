@@ -70,22 +70,14 @@ pub(crate) fn tree_from_tar_with(
     if let Some(e) = failed.into_inner().unwrap() {
         return Err(e);
     }
-    let (mut root, summary, top) = read?;
+    let (mut root, summary, mut top) = read?;
     if portable {
         // After the whole stream: hard links have their final counts only now.
         portable_tree(&mut root);
+        top.iter_mut().for_each(super::volume::portable);
     }
     let tree = root.store(packer)?;
-    Ok((
-        tree,
-        summary,
-        top.map(|mut n| {
-            if portable {
-                super::volume::portable(&mut n);
-            }
-            n
-        }),
-    ))
+    Ok((tree, summary, top))
 }
 
 /// Reads the stream's entries into a tree in memory, storing file content on the way.
